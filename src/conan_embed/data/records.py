@@ -1,0 +1,125 @@
+"""Record schemas (design.md §4) and their JSONL / Parquet readers and writers.
+
+Every stage reads and writes plain files so it can be re-run or replaced. Readers validate each
+row and fail with the file, the row number (1-based) and the field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from conan_embed.errors import InputError
+
+# kind -> {field: (type check, required)}
+_TEXT, _TEXTS, _NUMBER, _IDS = "text", "texts", "number", "ids"
+SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
+    "weak_pair": {"query": (_TEXT, True), "passage": (_TEXT, True), "id": ("any", False),
+                  "source": ("any", False), "score": (_NUMBER, False)},
+    "retrieval": {"id": ("any", True), "query": (_TEXT, True), "positives": (_TEXTS, True),
+                  "negatives": (_TEXTS, False), "candidates": (_IDS, False), "task": ("any", False)},
+    "corpus": {"id": ("any", True), "text": (_TEXT, True)},
+    "sts": {"text1": (_TEXT, True), "text2": (_TEXT, True), "score": (_NUMBER, True)},
+}
+
+
+def _check(value, check: str) -> str | None:
+    """None if `value` passes `check`, else what is wrong with it."""
+    if check == _TEXT:
+        return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+    if check == _TEXTS:
+        ok = isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)
+        return None if ok else "must be a non-empty list of non-empty strings"
+    if check == _IDS:
+        ok = isinstance(value, list) and all(isinstance(v, (str, int)) for v in value)
+        return None if ok else "must be a list of ids"
+    if check == _NUMBER:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    return None
+
+
+def validate_record(row, kind: str, *, path=None, row_number: int | None = None) -> dict:
+    if kind not in SCHEMAS:
+        raise InputError(f"unknown record kind {kind!r}; known: {', '.join(SCHEMAS)}")
+    if not isinstance(row, dict):
+        raise InputError(f"expected a JSON object, got {type(row).__name__}", path=path, row=row_number)
+    for name, (check, required) in SCHEMAS[kind].items():
+        if name not in row or row[name] is None:
+            if required:
+                raise InputError(f"missing field '{name}' (a {kind} record needs "
+                                 f"{', '.join(n for n, (_, r) in SCHEMAS[kind].items() if r)})",
+                                 path=path, row=row_number, field=name)
+            continue
+        problem = _check(row[name], check)
+        if problem:
+            raise InputError(f"field '{name}' {problem}, got {row[name]!r:.80}", path=path, row=row_number,
+                             field=name)
+    if kind == "retrieval" and not (row.get("negatives") or row.get("candidates") is not None):
+        raise InputError("a retrieval record needs 'negatives' (texts) or 'candidates' (corpus ids)",
+                         path=path, row=row_number, field="negatives")
+    return row
+
+
+def _format(path: Path) -> str:
+    suffixes = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffixes in (".jsonl", ".json", ".jsonl.gz"):
+        return "jsonl"
+    if suffixes == ".parquet":
+        return "parquet"
+    raise InputError("unsupported file type: use .jsonl or .parquet", path=path)
+
+
+def read_records(path: str | os.PathLike, kind: str | None = None) -> Iterator[dict]:
+    """Yield the rows of a JSONL or Parquet file, validated against `kind` if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    fmt = _format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows: Iterable = (r for batch in pq.ParquetFile(path).iter_batches() for r in batch.to_pylist())
+        for i, row in enumerate(rows, 1):
+            yield validate_record(row, kind, path=path, row_number=i) if kind else row
+        return
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 ({exc.reason} at byte {exc.start})", path=path, row=i) from exc
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=path, row=i) from exc
+            yield validate_record(row, kind, path=path, row_number=i) if kind else row
+
+
+def write_records(path: str | os.PathLike, rows: Iterable[dict], kind: str | None = None) -> int:
+    """Write rows as JSONL or Parquet (by extension), atomically; returns the row count."""
+    path = Path(path)
+    fmt = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    rows = [validate_record(r, kind, path=path, row_number=i) if kind else r for i, r in enumerate(rows, 1)]
+    try:
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)
