@@ -88,15 +88,16 @@ def save_embedder(model, path: str | Path) -> Path:
     return path
 
 
-def load_embedder(path: str | Path, *, truncate_dim: int | None = None, device: str | None = None):
-    """Load a saved model folder (ours or any sentence-transformers folder)."""
+def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, device: str | None = None):
+    """Load a model folder (ours or any sentence-transformers folder), a shipped model by name
+    ('e5-small', prepared on first use) or, with hub access, a hub id."""
     from sentence_transformers import SentenceTransformer
 
-    path = Path(path)
-    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise InputError("not a model folder (no modules.json or config.json)", path=path)
+    from conan_embed.assets import resolve_model
+
+    path = resolve_model(name_or_path)
     model = SentenceTransformer(str(path), truncate_dim=truncate_dim, device=device)
-    conf = path / CONAN_CONFIG
+    conf = Path(path) / CONAN_CONFIG
     dims = json.loads(conf.read_text())["matryoshka_dims"] if conf.is_file() else [model.get_embedding_dimension()]
     model.conan_matryoshka_dims = tuple(dims)
     return model

@@ -44,9 +44,10 @@ def training_questions() -> list:
 
 
 def training_corpus() -> dict[str, str]:
-    """Answer id -> text, without the answers relevant to a valid or test question."""
-    held_out = splits.evaluation_answer_ids()
-    return {k: v for k, v in insuranceqa_answers().items() if k not in held_out}
+    """Answer id -> text, without the answers relevant to a valid or test question (by id, and by
+    text: some answer texts occur under several ids)."""
+    held_out, banned = splits.evaluation_answer_ids(), splits.evaluation_texts()
+    return {k: v for k, v in insuranceqa_answers().items() if k not in held_out and v not in banned}
 
 
 def peoples_daily_pairs() -> list[dict]:
@@ -124,11 +125,10 @@ def build_retrieval(*, top_k: int = 100, progress: bool = False) -> tuple[list[d
 def build_sts(seed: int = splits.SEED) -> list[dict]:
     """Graded question pairs (splits.answer_overlap_score) from groups with no evaluation question."""
     banned = splits.evaluation_texts()
-    groups = [g for g in splits.question_groups() if not splits.is_eval_group(g)]
-    pool = training_questions()
-    pairs = splits.graded_question_pairs(groups, pool, seed)
-    return [{"text1": p.text1, "text2": p.text2, "score": p.score} for p in pairs
-            if p.text1 not in banned and p.text2 not in banned]
+    groups = [tuple(q for q in g if q.text not in banned)
+              for g in splits.question_groups() if not splits.is_eval_group(g)]
+    pairs = splits.graded_question_pairs(groups, training_questions(), seed)
+    return [{"text1": p.text1, "text2": p.text2, "score": p.score} for p in pairs]
 
 
 def _class_retrieval(items: list[tuple[str, str]], task: str, *, negatives: int, per_class: int | None,

@@ -1,0 +1,110 @@
+"""The `conan-embed` command: one verb per stage, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from conan_embed import __version__
+from conan_embed.errors import ConanEmbedError
+
+DEFAULT_DATA_DIR = "data"
+
+
+def cmd_assets(args) -> None:
+    from conan_embed.assets import prepare_all
+
+    models = ("e5-small",) if args.pruned_only else ("e5-small", "e5-small-full")
+    report = prepare_all(force=args.force, models=models)
+    print(f"cache: {report['cache']}")
+    for p in report["packages"]:
+        print(f"  {p['package'] + '==' + p['installed']:<38} {p['licence']:<11} {p['what']}")
+    for name, path in report["models"].items():
+        print(f"  model {name:<14} {path}")
+
+
+def cmd_build_data(args) -> None:
+    from conan_embed.data.builders import build_all
+
+    manifest = build_all(args.output)
+    print(f"wrote {sum(manifest['counts'].values()):,} records to {args.output} in {manifest['seconds']} s "
+          f"(manifest.json lists them)")
+
+
+def cmd_eval(args) -> None:
+    from conan_embed.evaluation import format_table, run_suite
+    from conan_embed.modeling import load_embedder
+
+    result = run_suite(load_embedder(args.model), size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
+                       batch_size=args.batch_size, tasks=args.tasks)
+    print(format_table(result))
+    print(f"wrote {Path(args.output) / 'eval.json'}")
+
+
+def cmd_encode(args) -> None:
+    from conan_embed.encode import encode_file
+
+    shape = encode_file(args.model, args.input, args.output, field=args.field, dim=args.dim,
+                        prompt_name=args.prompt, batch_size=args.batch_size)
+    print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conan-embed", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"conan-embed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("assets", help="prepare the shipped data and models in the cache (once)")
+    p.add_argument("--force", action="store_true", help="rebuild the model folders")
+    p.add_argument("--pruned-only", action="store_true", help="skip the full-vocabulary e5-small")
+    p.set_defaults(func=cmd_assets)
+
+    p = sub.add_parser("build-data", help="write the training files built from the shipped data")
+    p.add_argument("--output", default=DEFAULT_DATA_DIR, help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_build_data)
+
+    model_help = "a model folder, or a shipped model: e5-small (pruned vocabulary), e5-small-full"
+    p = sub.add_parser("eval", help="evaluate a model on the local C-MTEB-shaped suite")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--size", default="full", choices=("quick", "full"), help="suite size (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="same as --size quick (under 5 minutes on 2 cores)")
+    p.add_argument("--dim", type=int, help="evaluate the first DIM dimensions (Matryoshka)")
+    p.add_argument("--tasks", help="comma-separated task names or categories (default: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("encode", help="encode a file of texts into a .npy matrix")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--input", required=True, help=".txt (a text per line), .jsonl or .parquet")
+    p.add_argument("--field", default="text", help="the text field of JSONL/Parquet rows (default: %(default)s)")
+    p.add_argument("--output", required=True, help="output .npy file")
+    p.add_argument("--dim", type=int, help="keep the first DIM dimensions (Matryoshka), then renormalise")
+    p.add_argument("--prompt", help="model prompt to prepend: query or document (default: none)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_encode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours show the real work
+    try:
+        args.func(args)
+    except ConanEmbedError as exc:
+        print(f"conan-embed {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"conan-embed {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
