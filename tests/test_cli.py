@@ -41,7 +41,7 @@ def test_saved_model_carries_matryoshka_dims_and_prompts(tiny_model):
     (["--input", "{tmp}/none.txt", "--output", "{tmp}/e.npy"], "none.txt: file not found"),
     (["--input", "{tmp}/t.jsonl", "--output", "{tmp}/e.npy", "--field", "body"], "t.jsonl, row 1: field 'body' must be a non-empty string"),
     (["--input", "{tmp}/t.jsonl", "--output", "{tmp}/e.csv"], "output must be a .npy file"),
-    (["--input", "{tmp}/t.jsonl", "--output", "{tmp}/e.npy", "--dim", "65"], "dim must be between 1 and the model's 64"),
+    (["--input", "{tmp}/t.jsonl", "--output", "{tmp}/e.npy", "--dim", "65"], "dim must be between 1 and the model's output size 64"),
     (["--input", "{tmp}/t.jsonl", "--output", "{tmp}/e.npy", "--prompt", "passage"], "no prompt 'passage'"),
 ])
 def test_encode_bad_input_is_one_clear_line(tiny_model, tmp_path, capsys, args, message):

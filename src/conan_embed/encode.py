@@ -8,6 +8,7 @@ import numpy as np
 
 from conan_embed.data.records import read_records
 from conan_embed.errors import InputError
+from conan_embed.modeling import check_truncate_dim
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
@@ -36,9 +37,7 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
 def encode_texts(model, texts: list[str], *, dim: int | None = None, prompt_name: str | None = None,
                  batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings, truncated to `dim` first (Matryoshka) if given."""
-    out_dim = model.get_embedding_dimension()
-    if dim is not None and not 0 < dim <= out_dim:
-        raise InputError(f"dim must be between 1 and the model's {out_dim}, got {dim}", field="dim")
+    dim = check_truncate_dim(dim, model.get_embedding_dimension())
     if prompt_name is not None and prompt_name not in model.prompts:
         raise InputError(f"the model has no prompt {prompt_name!r}; it has {sorted(model.prompts) or 'none'}",
                          field="prompt")

@@ -34,6 +34,17 @@ def matryoshka_dims(out_dim: int, dims=PAPER_MATRYOSHKA_DIMS) -> tuple[int, ...]
     return tuple(sorted({d for d in dims if d <= out_dim} | {out_dim}))
 
 
+def check_truncate_dim(dim, out_dim: int) -> int | None:
+    """`dim` if it is a valid Matryoshka truncation of an `out_dim` model (None = no truncation)."""
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise InputError(f"dim must be a positive integer, got {dim!r}", field="dim")
+    if dim <= 0 or dim > out_dim:
+        raise InputError(f"dim must be between 1 and the model's output size {out_dim}, got {dim}", field="dim")
+    return dim
+
+
 def build_embedder(
     base: str | Path,
     *,

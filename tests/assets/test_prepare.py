@@ -38,12 +38,10 @@ def test_prepare_is_idempotent_and_loads_as_plain_sentence_transformer(synthetic
 
 
 def test_interrupted_prepare_leaves_nothing_half_written(synthetic_assets, monkeypatch):
-    import conan_embed.modeling as modeling
-
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(modeling, "save_embedder", crash)
+    monkeypatch.setattr(assets, "save_embedder", crash)
     with pytest.raises(KeyboardInterrupt):
         assets.prepare_model("e5-small-full", log=lambda *_: None)
     models = synthetic_assets / "cache" / "models"

@@ -50,7 +50,7 @@ def test_scores_in_range_and_averages(suite_run):
     assert result["tasks"]["InsuranceQAPairClassification"]["main_score"] >= 0.5  # max over thresholds
     assert result["avg"] == pytest.approx(sum(scores.values()) / len(scores))
     assert result["n_datasets"] == 6
-    for name, entry in result["tasks"].items():
+    for entry in result["tasks"].values():
         assert result["categories"][entry["category"]] == pytest.approx(entry["main_score"])
 
 

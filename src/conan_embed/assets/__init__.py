@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from conan_embed.errors import AssetError, InputError
+from conan_embed.modeling import E5_PROMPTS, build_embedder, save_embedder
 
 CACHE_ENV = "CONAN_EMBED_CACHE"
 READY_MARKER = "conan_embed_asset.json"
-E5_PROMPTS = {"query": "query: ", "document": "passage: "}
 ASSET_FORMAT = 1  # bump when the conversion changes, so stale caches are rebuilt
 
 MODELS = {
@@ -91,7 +91,6 @@ def prepare_model(name: str = "e5-small", *, force: bool = False, log=print) -> 
         return final
     from conan_embed.assets.convert import write_bert_folder
     from conan_embed.assets.e5s1 import read_e5s1
-    from conan_embed.modeling import build_embedder, save_embedder
 
     start = time.perf_counter()
     log(f"preparing {name} ({MODELS[name]['description']}) in {final} ...")

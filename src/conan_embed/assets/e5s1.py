@@ -44,9 +44,6 @@ class E5S1Model:
     special_ids: dict[str, int]  # bos, eos, pad, unk
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # float32, shaped
 
-    def tensor_shape(self, name: str) -> tuple[int, ...]:
-        return expected_shape(self.header, name)
-
 
 def expected_shape(h: E5S1Header, name: str) -> tuple[int, ...]:
     """The shape of a tensor, from the header and its name (the directory stores only a count)."""

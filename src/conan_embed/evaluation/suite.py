@@ -19,6 +19,7 @@ from typing import Any
 
 from conan_embed.errors import InputError
 from conan_embed.evaluation.sizes import SuiteSize, get_size
+from conan_embed.modeling import check_truncate_dim
 
 # canonical order (C-MTEB's table order) and the category of each suite task
 CATEGORIES = ("Retrieval", "Reranking", "STS", "PairClassification", "Classification", "Clustering")
@@ -97,17 +98,6 @@ def _load_model(model):
         origin = None
     name = getattr(card, "model_name", None) or origin or type(model).__name__
     return model, None, str(name)
-
-
-def _check_dim(dim, out_dim: int) -> int | None:
-    if dim is None:
-        return None
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise InputError(f"dim must be a positive integer, got {dim!r}", field="dim")
-    if dim <= 0 or dim > out_dim:
-        raise InputError(f"dim must be between 1 and the model's output size {out_dim}, got {dim}",
-                         field="dim")
-    return dim
 
 
 def _num(x) -> float | None:
@@ -194,7 +184,7 @@ def run_suite(
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size")
     st_model, model_path, model_name = _load_model(model)
     out_dim = st_model.get_embedding_dimension()
-    dim = _check_dim(dim, out_dim)
+    dim = check_truncate_dim(dim, out_dim)
     output_dir = Path(output_dir) if output_dir is not None else None
 
     import mteb  # noqa: F401  (MTEB_CACHE is set by conan_embed.evaluation before this import)
