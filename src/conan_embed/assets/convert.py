@@ -34,9 +34,8 @@ def bert_state_dict(model: E5S1Model, keep_ids: list[int] | None = None) -> dict
     """Float32 BertModel weights; `keep_ids` selects (and renumbers) word-embedding rows."""
     state = {bert_parameter_name(n): t for n, t in model.tensors.items()}
     word = state["embeddings.word_embeddings.weight"]
-    # rows past the tokenizer's pieces are never looked up: drop them
-    rows = np.asarray(keep_ids if keep_ids is not None else range(len(model.pieces)))
-    state["embeddings.word_embeddings.weight"] = np.ascontiguousarray(word[rows])
+    # rows past the tokenizer's pieces are never looked up: drop them (a view, not a 96M-row copy)
+    state["embeddings.word_embeddings.weight"] = word[keep_ids] if keep_ids is not None else word[: len(model.pieces)]
     return state
 
 
