@@ -28,10 +28,11 @@ setup: $(BIN)/.conan-embed-installed
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The whole recipe on the embedded data: build-data -> pretrain -> finetune -> eval -> report.md.
+# --resume: an interrupted quickstart continues where it stopped; a finished one just prints its report.
 quickstart: setup
-	$(BIN)/conan-embed assets
-	$(BIN)/conan-embed build-data --output runs/quickstart/data
-	$(BIN)/conan-embed eval e5-small --quick --output runs/quickstart/eval-base
+	$(BIN)/conan-embed assets --pruned-only
+	$(BIN)/conan-embed run recipes/quickstart.yaml --resume
 
 clean:
 	rm -rf runs .pytest_cache

@@ -38,7 +38,8 @@ def cmd_eval(args) -> None:
 
     symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
     result = run_suite(args.model, size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
-                       batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric)
+                       batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric,
+                       precision=args.precision)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
 
@@ -49,6 +50,43 @@ def cmd_encode(args) -> None:
     shape = encode_file(args.model, args.input, args.output, field=args.field, dim=args.dim,
                         prompt_name=args.prompt, batch_size=args.batch_size)
     print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
+
+
+def _recipe(args):
+    from conan_embed.training.config import load_recipe
+
+    return load_recipe(args.recipe, args.set or [])
+
+
+def cmd_train_stage(args) -> None:
+    from conan_embed.training.stage import train_stage
+
+    recipe = _recipe(args)
+    summary = train_stage(recipe, args.command, resume=args.resume, overwrite=args.overwrite,
+                          stop_after=args.stop_after)
+    if "stopped_at" in summary:
+        print(f"stopped after step {summary['stopped_at']}; continue with --resume "
+              f"(checkpoints in {summary['checkpoints']})")
+    else:
+        print(f"{args.command}: {summary['steps']} steps in {summary['train_seconds']:.0f} s, "
+              f"final loss {summary['final_loss']:.4f}; model in {summary['model']}")
+
+
+def cmd_run(args) -> None:
+    from conan_embed.training.run import run_recipe
+
+    recipe = _recipe(args)
+    run_recipe(recipe, resume=args.resume, overwrite=args.overwrite, evaluate=not args.no_eval)
+    print((Path(recipe.output_dir) / "report.md").read_text())
+
+
+def _add_recipe_args(p, *, stage: bool) -> None:
+    p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/quickstart.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set stages.pretrain.max_steps=10 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint" + ("" if stage else "; skip finished stages"))
+    p.add_argument("--overwrite", action="store_true", help="delete earlier output and start again")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model prompt for STS/pair/classification/clustering texts, or 'none' (default: "
                         "%(default)s, e5's convention; use none for bge-style models)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: autocast while encoding, ~1.8x faster on CPUs with AVX-512 bf16 (default: %(default)s)")
     p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
     p.set_defaults(func=cmd_eval)
 
@@ -88,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="model prompt to prepend: query or document (default: none)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_encode)
+
+    for stage, what in (("pretrain", "weak-pair InfoNCE with in-batch negatives"),
+                        ("finetune", "retrieval with hard negatives + STS, Matryoshka")):
+        p = sub.add_parser(stage, help=f"train the recipe's {stage} stage ({what})")
+        _add_recipe_args(p, stage=True)
+        p.add_argument("--stop-after", type=int, metavar="STEP",
+                       help="stop with a checkpoint after STEP steps (continue later with --resume)")
+        p.set_defaults(func=cmd_train_stage)
+
+    p = sub.add_parser("run", help="build-data, every stage and the evaluation of a recipe into one run folder")
+    _add_recipe_args(p, stage=False)
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

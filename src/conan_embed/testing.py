@@ -53,3 +53,54 @@ def tiny_bert(path: str | Path, texts: Iterable[str] = (_DEFAULT_TEXT,), *, hidd
     BertModel(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def tiny_training_data(folder: str | Path, *, questions: int = 48, candidates: int = 24) -> dict[str, int]:
+    """Write a small, real-text training data folder shaped like `conan-embed build-data`'s output:
+    pretrain/weak_pairs.jsonl, finetune/{retrieval,corpus,sts}.jsonl from the first insuranceqa
+    training questions. Returns the row count per file."""
+    from conan_embed.data.records import write_records
+    from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
+
+    folder = Path(folder)
+    answers = insuranceqa_answers()
+    qs = insuranceqa_questions("train")[:questions]
+    corpus_ids = sorted({n for q in qs for n in q.negatives[:candidates]} | {a for q in qs for a in q.answers})
+    counts = {
+        "pretrain/weak_pairs.jsonl": write_records(folder / "pretrain/weak_pairs.jsonl", (
+            {"id": f"w{i}", "query": q.text, "passage": answers[q.answers[0]]} for i, q in enumerate(qs)), "weak_pair"),
+        "finetune/retrieval.jsonl": write_records(folder / "finetune/retrieval.jsonl", (
+            {"id": f"r{i}", "query": q.text, "positives": [answers[a] for a in q.answers],
+             "positive_ids": list(q.answers), "candidates": list(q.negatives[:candidates])}
+            for i, q in enumerate(qs)), "retrieval"),
+        "finetune/corpus.jsonl": write_records(folder / "finetune/corpus.jsonl", (
+            {"id": i, "text": answers[i]} for i in corpus_ids), "corpus"),
+        "finetune/sts.jsonl": write_records(folder / "finetune/sts.jsonl", (
+            {"text1": qs[i].text, "text2": qs[(i * 7 + 1) % len(qs)].text, "score": float(i % 5)}
+            for i in range(len(qs))), "sts"),
+    }
+    return counts
+
+
+def tiny_recipe(output_dir: str | Path, data_dir: str | Path, model_dir: str | Path, **stage_overrides) -> dict:
+    """A two-stage recipe (as a dict) over `tiny_training_data` and a `tiny_bert` model, seconds to run."""
+    common = {"optim": {"lr": 1e-3, "warmup": 0.1}, "precision": "fp32", "checkpoint": {"every": 3, "keep": 5},
+              "log": {"every": 1, "tensorboard": False}, **stage_overrides}
+    return {
+        "name": "tiny",
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "data": {"dir": str(data_dir), "build": False},
+        "model": {"base": str(model_dir), "pooling": "mean", "out_dim": 48, "matryoshka_dims": [16, 32],
+                  "max_length": {"query": 24, "passage": 48}, "prompts": {"query": "query: ", "document": "passage: "}},
+        "stages": {
+            "pretrain": {"max_steps": 5, "tasks": {"weak": {"kind": "pairs", "file": "pretrain/weak_pairs.jsonl",
+                                                            "batch_size": 8}}, **common},
+            "finetune": {"init": "pretrain", "max_steps": 8, "tasks": {
+                "retrieval": {"kind": "retrieval", "file": "finetune/retrieval.jsonl", "corpus": "finetune/corpus.jsonl",
+                              "batch_size": 4, "negatives": {"count": 2, "skip_top": 3}},
+                "sts": {"kind": "sts", "file": "finetune/sts.jsonl", "batch_size": 8, "loss": {"name": "cosent"}},
+            }, **common},
+        },
+        "eval": {"size": "tiny", "dims": [None, 16]},
+    }

@@ -10,9 +10,9 @@ type, e.g. "STS"). e5 models want "query: " on symmetric tasks and for embedding
 symmetric task type. Task-specific keys in the model's own prompts still win.
 
 Embeddings are truncated to `dim` (Matryoshka) and L2-normalised, so cosine, dot product and
-Euclidean distance all rank the same way. They are cached per (encode function, prompt, text) for the
-whole suite run: reranking candidates that retrieval already encoded, and questions one symmetric
-task already encoded for another, cost nothing.
+Euclidean distance all rank the same way. They are cached (full size) per (encode function, prompt,
+text) for the whole suite run: reranking candidates that retrieval already encoded, questions one
+symmetric task already encoded for another, and a second run at another dim cost nothing.
 """
 
 from __future__ import annotations
@@ -47,14 +47,15 @@ class SuiteEncoder(SentenceTransformerEncoderWrapper):
     """mteb encoder over a loaded SentenceTransformer (the model is not modified)."""
 
     def __init__(self, model, *, dim: int | None = None, symmetric_prompt: str | None = "query",
-                 show_progress: bool = True, cache: bool = True, task_names=()) -> None:
+                 show_progress: bool = True, cache: bool | dict = True, task_names=()) -> None:
         # no model_prompts argument: mteb would otherwise overwrite `model.prompts` with them
         super().__init__(model)
         self.model_prompts = suite_prompts(getattr(model, "prompts", None), symmetric_prompt, task_names)
         self.dim = dim
         self.show_progress = show_progress
-        self.use_cache = cache
-        self._cache: dict[tuple[str, str | None], dict[str, np.ndarray]] = {}
+        # pass a dict to share encodings between runs of the same model (e.g. at several dims)
+        self.use_cache = cache is not False
+        self._cache: dict[tuple[str, str | None], dict[str, np.ndarray]] = cache if isinstance(cache, dict) else {}
         self.calls: list[dict] = []  # one record per encode call: task, prompt type, prompt, counts
 
     def resolve_prompt(self, task_metadata, prompt_type: PromptType | None) -> str | None:
@@ -82,11 +83,9 @@ class SuiteEncoder(SentenceTransformerEncoderWrapper):
                 todo, prompt=prompt, batch_size=kwargs.get("batch_size", 32),
                 show_progress_bar=self.show_progress, convert_to_numpy=True,
             )
-            emb = np.asarray(emb, dtype=np.float32)
-            if self.dim is not None:
-                emb = emb[:, : self.dim]
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-            store.update(zip(todo, emb))
+            store.update(zip(todo, np.asarray(emb, dtype=np.float32)))
         if not texts:
             return np.zeros((0, self.dim or self.model.get_embedding_dimension()), dtype=np.float32)
-        return np.stack([store[t] for t in texts])
+        # the cache holds full-size embeddings, so one cache serves every Matryoshka dim
+        emb = np.stack([store[t] for t in texts])[:, : self.dim]
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -23,6 +23,7 @@ from conan_embed.modeling import check_truncate_dim
 
 # canonical order (C-MTEB's table order) and the category of each suite task
 CATEGORIES = ("Retrieval", "Reranking", "STS", "PairClassification", "Classification", "Clustering")
+PRECISIONS = ("fp32", "bf16")
 TASK_CATEGORY = {
     "InsuranceQARetrieval": "Retrieval",
     "InsuranceQAReranking": "Reranking",
@@ -164,6 +165,8 @@ def run_suite(
     tasks=None,
     show_progress: bool = True,
     symmetric_prompt: str | None = "query",
+    precision: str = "fp32",
+    embedding_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (a SentenceTransformer or a model folder) on the local suite.
 
@@ -175,6 +178,10 @@ def run_suite(
         (STS, pair classification, classification, clustering): e5's convention is "query".
         None = no prompt there (what mteb does by default). Prompts keyed by a task type or task
         name in the model's own `prompts` take precedence.
+    precision: "fp32" or "bf16" (autocast while encoding: about 1.8x faster on CPUs with AVX-512
+        bf16; scores move in the third decimal, so compare models at one precision).
+    embedding_cache: a dict shared between calls on the same model and size (e.g. one per dim) so
+        that every text is encoded once; None = a fresh cache for this call.
     Returns the eval.json content.
     """
     start = time.perf_counter()
@@ -182,6 +189,8 @@ def run_suite(
     names = resolve_tasks(tasks)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", field="precision")
     st_model, model_path, model_name = _load_model(model)
     out_dim = st_model.get_embedding_dimension()
     dim = check_truncate_dim(dim, out_dim)
@@ -206,8 +215,12 @@ def run_suite(
     with contextlib.ExitStack() as stack:
         stack.callback(_restore_max_len, st_model, old_max_len)
         stack.enter_context(_quiet(show_progress))
-        encoder = SuiteEncoder(st_model, dim=dim, symmetric_prompt=symmetric_prompt,
-                               show_progress=show_progress, task_names=list(TASK_NAMES))
+        if precision == "bf16":
+            import torch
+
+            stack.enter_context(torch.autocast(str(st_model.device).split(":")[0], dtype=torch.bfloat16))
+        encoder = SuiteEncoder(st_model, dim=dim, symmetric_prompt=symmetric_prompt, show_progress=show_progress,
+                               task_names=list(TASK_NAMES), cache=True if embedding_cache is None else embedding_cache)
         for i, name in enumerate(names, 1):
             category = TASK_CATEGORY[name]
             task = build_task(category, data)
@@ -254,6 +267,7 @@ def run_suite(
         "prompts": encoder.model_prompts,
         "symmetric_prompt": symmetric_prompt,
         "batch_size": batch_size,
+        "precision": precision,
         "device": str(getattr(st_model, "device", "")) or None,
         "avg": summary["avg"],
         "n_datasets": summary["n_datasets"],

@@ -1,0 +1,314 @@
+"""Typed recipes: a YAML file becomes nested dataclasses, or an InputError that names the key.
+
+A recipe (recipes/*.yaml, docs/training.md) holds everything a run needs: the base model, the data
+folder, one section per training stage and the evaluation. Loading is strict on purpose: an unknown
+key is a typo that would otherwise silently fall back to a default, and a wrong type should fail
+before an hour of training rather than in the middle of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from conan_embed.errors import InputError
+
+TASK_KINDS = ("pairs", "retrieval", "sts")
+TEXT_FIELDS = ("query", "passage")
+
+
+@dataclass
+class LossConfig:
+    name: Literal["infonce", "cosent"] = "infonce"
+    temperature: float = 0.05  # InfoNCE; the paper gives none (FlagEmbedding uses 0.02)
+    scale: float = 20.0  # CoSENT
+    weight: float = 1.0  # multiplies the task's loss
+
+
+@dataclass
+class NegativesConfig:
+    count: int = 7  # hard negatives per query
+    skip_top: int = 10  # the paper skips the 10 highest-ranked candidates (likely unlabelled positives)
+
+
+@dataclass
+class TaskConfig:
+    kind: Literal["pairs", "retrieval", "sts"]
+    file: str  # relative to the recipe's data.dir
+    batch_size: int = 32
+    corpus: str | None = None  # retrieval records with candidate ids: id -> text file
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    warmup: float = 0.05  # fraction of the stage's steps
+    weight_decay: float = 0.001
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # steps; a checkpoint is also written at the last step
+    keep: int = 2  # at least 2, so that rotation never deletes the only complete one
+
+
+@dataclass
+class LogConfig:
+    every: int = 1  # steps between log.jsonl lines
+    tensorboard: bool = True
+
+
+@dataclass
+class StageConfig:
+    max_steps: int
+    tasks: dict[str, TaskConfig]
+    init: str = "model"  # "model" (the recipe's model section), an earlier stage's name, or a model folder
+    composer: Literal["sequential"] = "sequential"
+    max_length: dict[str, int] = field(default_factory=dict)  # overrides model.max_length for this stage
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    grad_accum: int = 1
+    activation_checkpointing: bool = False
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    deepspeed: str | None = None  # a DeepSpeed JSON config, relative to the recipe file
+
+
+@dataclass
+class ModelConfig:
+    base: str = "e5-small"  # a shipped model name, a model folder or a hub id
+    pooling: Literal["cls", "mean"] = "cls"
+    out_dim: int | None = 1792  # None: no linear head, the encoder's hidden size is the output
+    matryoshka_dims: list[int] = field(default_factory=lambda: [256, 512, 768, 1024, 1280, 1536, 1792])
+    max_length: dict[str, int] = field(default_factory=lambda: {"query": 64, "passage": 512})
+    prompts: dict[str, str] | None = None  # None: the base model's own prompts (e5: query/passage)
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data"
+    build: bool = True  # run build-data into `dir` when it has no manifest.json
+
+
+@dataclass
+class EvalConfig:
+    size: Literal["quick", "full", "tiny"] = "quick"
+    dims: list[int | None] = field(default_factory=lambda: [None, 256])  # None = the full dim
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = 32
+    enabled: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str
+    stages: dict[str, StageConfig]
+    description: str = ""  # what this recipe shrinks or changes, and why; printed in report.md
+    seed: int = 42
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str | None = None  # the recipe file (set by load_recipe; relative paths in it resolve there)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in self.stages:
+            raise InputError(f"recipe {self.name!r} has no stage {name!r}; it has: {', '.join(self.stages)}",
+                             path=self.source, field="stages")
+        return self.stages[name]
+
+    def data_file(self, relative: str) -> Path:
+        return Path(self.data.dir) / relative
+
+    def max_length(self, stage: StageConfig) -> dict[str, int]:
+        return {**self.model.max_length, **stage.max_length}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, key: str, source):
+    """`value` checked against the annotation `tp`; nested dataclasses are built recursively."""
+    def fail(expected: str):
+        raise InputError(f"{key}: expected {expected}, got {value!r:.80}", path=source, field=key)
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _convert(value, options[0], key, source) if len(options) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail(f"a mapping ({tp.__name__})")
+        return _build(tp, value, key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            fail(f"a list of {_type_name(args[0])}")
+        return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail(f"a mapping of {_type_name(args[1])}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string: accept what float() reads
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    return value
+
+
+def _build(cls, data: dict, prefix: str, source):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise InputError(f"unknown key {where!r}; known keys here: {', '.join(sorted(known))}",
+                         path=source, field=where)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                key = f"{prefix}.{f.name}" if prefix else f.name
+                raise InputError(f"missing required key {key!r}", path=source, field=key)
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kwargs[f.name] = _convert(data[f.name], hints[f.name], key, source)
+    return cls(**kwargs)
+
+
+def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}", path=source, field=key)
+
+
+def _validate(recipe: Recipe) -> None:
+    src = recipe.source
+    if not recipe.stages:
+        raise InputError("a recipe needs at least one stage under 'stages'", path=src, field="stages")
+    for key in recipe.model.max_length:
+        if key not in TEXT_FIELDS:
+            raise InputError(f"unknown key 'model.max_length.{key}'; known: {', '.join(TEXT_FIELDS)}",
+                             path=src, field=f"model.max_length.{key}")
+    seen = []
+    for name, stage in recipe.stages.items():
+        p = f"stages.{name}"
+        _positive(stage.max_steps, f"{p}.max_steps", src)
+        _positive(stage.grad_accum, f"{p}.grad_accum", src)
+        _positive(stage.optim.lr, f"{p}.optim.lr", src)
+        _positive(stage.checkpoint.every, f"{p}.checkpoint.every", src)
+        _positive(stage.log.every, f"{p}.log.every", src)
+        if not 0 <= stage.optim.warmup < 1:
+            raise InputError(f"{p}.optim.warmup is a fraction of the steps in [0, 1), got {stage.optim.warmup}",
+                             path=src, field=f"{p}.optim.warmup")
+        if stage.checkpoint.keep < 2:
+            raise InputError(f"{p}.checkpoint.keep must be >= 2 (rotation runs before a new checkpoint is "
+                             f"complete), got {stage.checkpoint.keep}", path=src, field=f"{p}.checkpoint.keep")
+        for key in stage.max_length:
+            if key not in TEXT_FIELDS:
+                raise InputError(f"unknown key '{p}.max_length.{key}'; known: {', '.join(TEXT_FIELDS)}",
+                                 path=src, field=f"{p}.max_length.{key}")
+        if stage.init != "model" and stage.init not in seen and not Path(stage.init).exists():
+            raise InputError(f"{p}.init must be 'model', an earlier stage ({', '.join(seen) or 'none'}) or an "
+                             f"existing model folder, got {stage.init!r}", path=src, field=f"{p}.init")
+        if not stage.tasks:
+            raise InputError(f"{p}.tasks is empty", path=src, field=f"{p}.tasks")
+        for tname, task in stage.tasks.items():
+            t = f"{p}.tasks.{tname}"
+            _positive(task.batch_size, f"{t}.batch_size", src)
+            _positive(task.negatives.count, f"{t}.negatives.count", src)
+            _positive(task.negatives.skip_top, f"{t}.negatives.skip_top", src, allow_zero=True)
+            _positive(task.loss.temperature, f"{t}.loss.temperature", src)
+            expected = "cosent" if task.kind == "sts" else "infonce"
+            if task.loss.name != expected:
+                raise InputError(f"{t}.loss.name: a {task.kind} task trains with {expected!r}, got "
+                                 f"{task.loss.name!r}", path=src, field=f"{t}.loss.name")
+        if stage.deepspeed is not None and not resolve_relative(recipe, stage.deepspeed).is_file():
+            raise InputError(f"{p}.deepspeed: no such file {resolve_relative(recipe, stage.deepspeed)}",
+                             path=src, field=f"{p}.deepspeed")
+        seen.append(name)
+
+
+def resolve_relative(recipe: Recipe, path: str) -> Path:
+    """A path named in the recipe: absolute, or relative to the recipe file's folder."""
+    p = Path(path)
+    if p.is_absolute() or recipe.source is None:
+        return p
+    return Path(recipe.source).parent / p
+
+
+def set_override(data: dict, assignment: str, source=None) -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe mapping."""
+    if "=" not in assignment:
+        raise InputError(f"--set expects KEY=VALUE, got {assignment!r}", path=source)
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {key}: {part!r} is not a mapping", path=source, field=key)
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def recipe_from_dict(data: dict, source=None) -> Recipe:
+    if not isinstance(data, dict):
+        raise InputError(f"a recipe is a YAML mapping, got {type(data).__name__}", path=source)
+    recipe = _build(Recipe, data, "", source)
+    recipe.source = str(source) if source is not None else None
+    _validate(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such recipe file", path=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {exc}", path=path) from exc
+    data = copy.deepcopy(data) if data is not None else {}
+    for assignment in overrides:
+        set_override(data, assignment, source=path)
+    return recipe_from_dict(data, source=path)
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a (dataclass) config, stored in checkpoints to refuse a mismatched resume."""
+    blob = json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""report.md: the base model against every stage's model on the local suite, per category and Avg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conan_embed.evaluation.suite import CATEGORIES
+from conan_embed.training.config import Recipe
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _delta(a, b) -> str:
+    return "–" if a is None or b is None else f"{100 * (b - a):+.2f}"
+
+
+def score_table(evals: dict[str, dict], dim_key: str) -> list[str]:
+    """Markdown rows: one per category and the weighted Avg; one column per model, then final - base."""
+    labels = [m for m in evals if dim_key in evals[m]]
+    first, last = labels[0], labels[-1]
+    header = ["category (metric)", *labels, f"{last} − {first}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    some = evals[first][dim_key]
+    metric = {t["category"]: t["metric"] for t in some["tasks"].values()}
+    for cat in CATEGORIES:
+        if cat not in some["categories"]:
+            continue
+        vals = [evals[m][dim_key]["categories"].get(cat) for m in labels]
+        lines.append(f"| {cat} ({metric.get(cat, '')}) | " + " | ".join(_fmt(v) for v in vals)
+                     + f" | {_delta(vals[0], vals[-1])} |")
+    vals = [evals[m][dim_key]["avg"] for m in labels]
+    lines.append("| **Avg** (weighted by datasets) | " + " | ".join(f"**{_fmt(v)}**" for v in vals)
+                 + f" | **{_delta(vals[0], vals[-1])}** |")
+    return lines
+
+
+def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
+    lines = [f"# Run report: {recipe.name}", ""]
+    if recipe.description:
+        lines += [recipe.description.strip(), ""]
+    lines += [f"- base model: `{metrics['base_model']}`",
+              f"- final model: `{metrics['final_model']}` (loads with `SentenceTransformer(path)`, "
+              f"`truncate_dim=` any Matryoshka dim)",
+              f"- created {metrics['created']}; total {metrics['timings']['total_s'] / 60:.1f} min", ""]
+    lines += ["## Training", "", "| stage | starts from | steps | tasks (rows, batch) | train time | median pairs/s | final loss |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in metrics["stages"].items():
+        tasks = ", ".join(f"{t} ({v['rows']:,}, {v['batch_size']})" for t, v in s["tasks"].items())
+        rate = "–" if s.get("median_pairs_per_s") is None else f"{s['median_pairs_per_s']:.1f}"
+        loss = "–" if s.get("final_loss") is None else f"{s['final_loss']:.4f}"
+        lines.append(f"| {name} | `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | "
+                     f"{rate} | {loss} |")
+    lines += ["", "Loss curves: `loss.png` (all stages), `<stage>/loss.png`, `<stage>/log.jsonl`.", ""]
+    evals = metrics.get("eval") or {}
+    if evals:
+        settings = metrics["eval_settings"]
+        lines += ["## Evaluation", "",
+                  f"Local C-MTEB-shaped suite, size `{settings['size']}`, {settings['precision']} encoding; "
+                  "scores ×100. Main metric per category in brackets.", ""]
+        any_model = next(iter(evals.values()))
+        for dim_key, result in any_model.items():
+            lines += [f"### {dim_key.replace('dim-full', 'full dim')} ({result['embedding_dim']} dims)", ""]
+            lines += score_table(evals, dim_key) + [""]
+        lines += ["Task sizes:", ""]
+        for name, t in next(iter(any_model.values()))["tasks"].items():
+            lines.append(f"- {name} ({t['category']}): " + ", ".join(f"{k} {v:,}" for k, v in t["size"].items()))
+        lines.append("")
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,190 @@
+"""`conan-embed run RECIPE`: build-data -> every stage -> evaluation -> one run folder.
+
+    <output_dir>/
+      recipe.yaml           the recipe as run (after --set overrides)
+      <stage>/              each stage's model, checkpoints, log.jsonl, loss.png (stage.py)
+      model/                the final model: a sentence-transformers folder, loadable without conan_embed
+      eval/<model>/dim-<d>/ eval.json of each evaluated model at each dim
+      loss.png              the loss curves of all stages, one after the other
+      metrics.json          every score printed, the base model folder, stage summaries, timings
+      report.md             base vs each stage, per category and weighted Avg, at each dim
+
+A run is resumable as a whole: `--resume` skips finished stages and evaluations whose inputs did not
+change and continues an interrupted stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from conan_embed.errors import InputError
+from conan_embed.training.callbacks import read_log
+from conan_embed.training.config import Recipe
+from conan_embed.training.stage import init_model_path, stage_paths, train_stage
+
+
+def _log(msg: str) -> None:
+    print(f"[conan-embed run] {msg}", flush=True)
+
+
+def prepare_data(recipe: Recipe) -> dict | None:
+    """Build the shipped training files into data.dir unless it already holds a build."""
+    folder = Path(recipe.data.dir)
+    if not recipe.data.build or (folder / "manifest.json").is_file():
+        return None
+    from conan_embed.data.builders import build_all
+
+    _log(f"building the training data into {folder}")
+    return build_all(folder)
+
+
+def check_data_files(recipe: Recipe) -> None:
+    """Every data file any stage names must exist before the first stage starts."""
+    for name, stage in recipe.stages.items():
+        for tname, task in stage.tasks.items():
+            for key, rel in (("file", task.file), ("corpus", task.corpus)):
+                if rel is not None and not recipe.data_file(rel).is_file():
+                    raise InputError(f"stages.{name}.tasks.{tname}.{key}: no such data file "
+                                     f"(data.dir is {recipe.data.dir})", path=recipe.data_file(rel),
+                                     field=f"stages.{name}.tasks.{tname}.{key}")
+
+
+def _model_stamp(path: Path) -> dict:
+    """Identifies a model folder's content cheaply: weight files' sizes and mtimes."""
+    files = sorted(p for p in Path(path).rglob("*.safetensors"))
+    return {str(p.relative_to(path)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, *, resume: bool) -> dict:
+    """Evaluate one model at every recipe dim, encoding each text once; cached in eval/<label>/."""
+    from conan_embed.evaluation import run_suite
+    from conan_embed.modeling import load_embedder
+
+    cfg = recipe.eval
+    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size,
+             "precision": cfg.precision, "batch_size": cfg.batch_size}
+    results, model, cache = {}, None, {}
+    for dim in cfg.dims:
+        folder = run_dir / "eval" / label / f"dim-{dim or 'full'}"
+        done = folder / "eval.json"
+        if resume and done.is_file() and (folder / "stamp.json").is_file() \
+                and json.loads((folder / "stamp.json").read_text()) == stamp:
+            results[dim] = json.loads(done.read_text())
+            continue
+        if model is None:
+            model = load_embedder(model_path)
+        if dim is not None and dim > model.get_embedding_dimension():
+            _log(f"skipping {label} at dim {dim}: it has only {model.get_embedding_dimension()} dims")
+            continue
+        _log(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
+        results[dim] = run_suite(model, size=cfg.size, dim=dim, output_dir=folder, batch_size=cfg.batch_size,
+                                 precision=cfg.precision, embedding_cache=cache)
+        (folder / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
+    return results
+
+
+def _scores(result: dict) -> dict:
+    return {"avg": result["avg"], "categories": result["categories"],
+            "tasks": {n: {"category": e["category"], "metric": e["main_metric"], "score": e["main_score"],
+                          "size": e["size"]} for n, e in result["tasks"].items()},
+            "embedding_dim": result["embedding_dim"], "seconds": result["seconds"]}
+
+
+def combined_loss_curve(recipe: Recipe, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset, drawn = 0, False
+    for name in recipe.stages:
+        log = read_log(stage_paths(recipe, name).log)
+        if not log:
+            continue
+        ax.plot([offset + r["step"] for r in log], [r["loss"] for r in log], label=name, linewidth=1)
+        offset += log[-1]["step"]
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step (stages one after the other)")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{recipe.name}: training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, evaluate: bool = True,
+               show_progress: bool = True) -> dict:
+    """Run the whole recipe; returns metrics.json's content."""
+    start = time.perf_counter()
+    run_dir = Path(recipe.output_dir)
+    if overwrite and run_dir.exists():
+        data_inside = Path(recipe.data.dir).resolve().is_relative_to(run_dir.resolve())
+        for child in run_dir.iterdir():  # keep a data build that lives inside the run folder
+            if not (data_inside and Path(recipe.data.dir).resolve().is_relative_to(child.resolve())):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {**asdict(recipe), "source": None}
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    timings = {}
+
+    t0 = time.perf_counter()
+    prepare_data(recipe)
+    check_data_files(recipe)
+    timings["data_s"] = round(time.perf_counter() - t0, 1)
+
+    base_path = Path(init_model_path(recipe, next(iter(recipe.stages))))
+    stages = {}
+    for name in recipe.stages:
+        _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
+        t0 = time.perf_counter()
+        summary = train_stage(recipe, name, resume=resume,
+                              show_progress=show_progress)
+        timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        stages[name] = {k: v for k, v in summary.items() if k != "fingerprint"}
+    final_stage = list(recipe.stages)[-1]
+    final = run_dir / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(stage_paths(recipe, final_stage).model, final)
+    combined_loss_curve(recipe, run_dir / "loss.png")
+
+    evaluations = {}
+    if evaluate and recipe.eval.enabled:
+        models = {"base": base_path, **{n: stage_paths(recipe, n).model for n in recipe.stages}}
+        for label, path in models.items():
+            t0 = time.perf_counter()
+            results = evaluate_model(label, path, recipe, run_dir, resume=resume)
+            timings[f"eval_{label}_s"] = round(time.perf_counter() - t0, 1)
+            evaluations[label] = {f"dim-{d or 'full'}": _scores(r) for d, r in results.items()}
+    timings["total_s"] = round(time.perf_counter() - start, 1)
+    metrics = {
+        "recipe": recipe.name,
+        "recipe_file": recipe.source,
+        "base_model": str(base_path),
+        "final_model": str(final),
+        "models": {"base": str(base_path), **{n: s["model"] for n, s in stages.items()}},
+        "eval_settings": asdict(recipe.eval),
+        "eval": evaluations,
+        "stages": stages,
+        "timings": timings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    from conan_embed.training.report import write_report
+
+    write_report(metrics, recipe, run_dir / "report.md")
+    _log(f"done in {timings['total_s'] / 60:.1f} min: {run_dir / 'report.md'}, final model in {final}")
+    return metrics

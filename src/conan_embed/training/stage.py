@@ -1,0 +1,253 @@
+"""Run one training stage of a recipe: model in, model folder out, resumable at every checkpoint.
+
+Layout of ``<output_dir>/<stage>/``::
+
+    checkpoints/checkpoint-N/   HF checkpoint (a loadable model folder + optimizer, scheduler, RNG, trainer
+                                state) and conan_checkpoint.json, written last
+    model/                      the stage's final model (a sentence-transformers folder)
+    log.jsonl                   one line per logged step; loss.png; tensorboard/
+    stage.json                  summary, written last: its presence means the stage is complete
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from conan_embed.errors import InputError
+from conan_embed.training.batching import build_composer
+from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
+                                            truncate_log)
+from conan_embed.training.config import Recipe, StageConfig, resolve_relative
+from conan_embed.training.tasks import load_tasks
+from conan_embed.training.trainer import (CHECKPOINT_MARKER, ConanLoss, ConanTrainer, changed_keys,
+                                          last_complete_checkpoint, stage_fingerprint)
+
+STAGE_SUMMARY = "stage.json"
+
+
+@dataclass
+class StagePaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / STAGE_SUMMARY
+
+
+def stage_paths(recipe: Recipe, name: str) -> StagePaths:
+    return StagePaths(Path(recipe.output_dir) / name)
+
+
+def read_summary(paths: StagePaths) -> dict | None:
+    return json.loads(paths.summary.read_text()) if paths.summary.is_file() else None
+
+
+def _base_prompts(path) -> dict[str, str]:
+    conf = Path(path) / "config_sentence_transformers.json"
+    if conf.is_file():
+        return {k: v for k, v in (json.loads(conf.read_text()).get("prompts") or {}).items() if v}
+    return {}
+
+
+def init_model_path(recipe: Recipe, name: str) -> Path | str:
+    """Where stage `name` starts from: the recipe's base model, an earlier stage's model, or a folder."""
+    from conan_embed.assets import resolve_model
+
+    init = recipe.stage(name).init
+    if init == "model":
+        return resolve_model(recipe.model.base)
+    if init in recipe.stages:
+        earlier = stage_paths(recipe, init)
+        if read_summary(earlier) is None:
+            raise InputError(f"stage {name!r} starts from stage {init!r}, which has not finished "
+                             f"(no {earlier.summary}); run it first", path=recipe.source, field=f"stages.{name}.init")
+        return earlier.model
+    return Path(init)
+
+
+def build_stage_model(recipe: Recipe, name: str):
+    from conan_embed.modeling import build_embedder, load_embedder, matryoshka_dims
+
+    stage, cfg = recipe.stage(name), recipe.model
+    path = init_model_path(recipe, name)
+    max_len = max(recipe.max_length(stage).values())
+    if stage.init == "model":
+        prompts = cfg.prompts if cfg.prompts is not None else _base_prompts(path)
+        model = build_embedder(path, pooling=cfg.pooling, out_dim=cfg.out_dim, max_seq_length=max_len,
+                               dims=cfg.matryoshka_dims, prompts=prompts, seed=recipe.seed)
+    else:
+        model = load_embedder(path)
+        model.max_seq_length = max_len
+        model.conan_matryoshka_dims = matryoshka_dims(model.get_embedding_dimension(), cfg.matryoshka_dims)
+    return model, path
+
+
+def training_arguments(recipe: Recipe, stage: StageConfig, paths: StagePaths):
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    cuda = torch.cuda.is_available()
+    if stage.precision == "fp16" and not cuda:
+        raise InputError("precision fp16 needs a GPU; use bf16 or fp32 on CPU", path=recipe.source,
+                         field="precision")
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(paths.checkpoints),
+        max_steps=stage.max_steps,
+        per_device_train_batch_size=1,  # one StepPlan per micro-batch; the task's batch_size is inside it
+        gradient_accumulation_steps=stage.grad_accum,
+        learning_rate=stage.optim.lr,
+        warmup_steps=stage.optim.warmup,  # a float below 1 is a fraction of max_steps in transformers 5
+        weight_decay=stage.optim.weight_decay,
+        max_grad_norm=stage.optim.max_grad_norm,
+        lr_scheduler_type="linear",
+        bf16=stage.precision == "bf16",
+        fp16=stage.precision == "fp16",
+        use_cpu=not cuda,
+        activation_checkpointing=stage.activation_checkpointing,
+        deepspeed=str(resolve_relative(recipe, stage.deepspeed)) if stage.deepspeed else None,
+        logging_strategy="steps",
+        logging_steps=stage.log.every,
+        save_strategy="steps",
+        save_steps=stage.checkpoint.every,
+        save_total_limit=stage.checkpoint.keep,
+        report_to="none",  # TensorBoard is added explicitly, writing to <stage>/tensorboard
+        disable_tqdm=True,  # our TrainingMonitor draws the bar
+        dataloader_num_workers=0,
+        seed=recipe.seed,
+    )
+
+
+def _prepare_folder(recipe: Recipe, name: str, paths: StagePaths, fingerprint: dict, *, resume: bool,
+                    overwrite: bool) -> Path | None:
+    """Check what is already in the stage folder; return the checkpoint to resume from (if any)."""
+    if overwrite and paths.root.exists():
+        shutil.rmtree(paths.root)
+    if not paths.root.exists() or not any(paths.root.iterdir()):
+        return None
+    if not resume:
+        raise InputError(f"stage {name!r} already has output in {paths.root}; pass --resume to continue it "
+                         f"or --overwrite to start it again", path=paths.root)
+    checkpoint = last_complete_checkpoint(paths.checkpoints)
+    if checkpoint is None:
+        return None
+    saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text()).get("fingerprint", {})
+    diff = changed_keys(saved, fingerprint)
+    if diff:
+        raise InputError(f"cannot resume stage {name!r} from {checkpoint}: the recipe changed since it was "
+                         f"written ({', '.join(diff[:8])}); pass --overwrite to start the stage again",
+                         path=recipe.source, field=diff[0])
+    return checkpoint
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Keep the console to our progress bar: no start-up chatter ("tokenizer has new PAD/BOS/EOS
+    tokens", checkpoint-rotation notes), no per-checkpoint "Writing model shards" bars, no
+    deprecation FutureWarnings from inside transformers."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: bool = False,
+                stop_after: int | None = None, show_progress: bool = True, callbacks=()) -> dict:
+    """Train stage `name` of `recipe`; returns its summary (also written to <stage>/stage.json).
+
+    resume: continue from the newest complete checkpoint; a finished stage with the same settings is
+        returned as it is. overwrite: delete the stage folder first.
+    stop_after: end (with a checkpoint) after this many steps, e.g. to split a long stage across jobs.
+    """
+    stage = recipe.stage(name)
+    paths = stage_paths(recipe, name)
+    init_path = init_model_path(recipe, name)
+    fingerprint = stage_fingerprint(stage, model=asdict(recipe.model), seed=recipe.seed, init=str(init_path),
+                                    data_dir=str(Path(recipe.data.dir).resolve()))
+    summary = read_summary(paths)
+    if summary is not None and resume and not overwrite:
+        diff = changed_keys(summary.get("fingerprint", {}), fingerprint)
+        if diff:
+            raise InputError(f"stage {name!r} finished with other settings ({', '.join(diff[:8])}); pass "
+                             f"--overwrite to train it again", path=recipe.source, field=diff[0])
+        return summary
+    tasks = load_tasks(stage.tasks, recipe.data.dir, key=f"stages.{name}.tasks")
+    checkpoint = _prepare_folder(recipe, name, paths, fingerprint, resume=resume, overwrite=overwrite)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    truncate_log(paths.log, int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    with _quiet_transformers():
+        set_seed(recipe.seed)
+        model, init_path = build_stage_model(recipe, name)
+        composer = build_composer(stage.composer, tasks, seed=recipe.seed, grad_accum=stage.grad_accum)
+        all_callbacks = [TrainingMonitor(paths.log, paths.root / "loss.png", title=f"{recipe.name}: {name}",
+                                         show_progress=show_progress), SaveFinalCheckpoint()]
+        if stage.log.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            all_callbacks.append(TensorBoardCallback(SummaryWriter(str(paths.root / "tensorboard"))))
+        if stop_after is not None:
+            all_callbacks.append(StopAfterStep(stop_after))
+        trainer = ConanTrainer(
+            model=model, args=training_arguments(recipe, stage, paths),
+            loss=ConanLoss(model, model.conan_matryoshka_dims), tasks=tasks, composer=composer,
+            max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}),
+            checkpoint_info={"fingerprint": fingerprint}, callbacks=all_callbacks + list(callbacks))
+        start = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        seconds = time.perf_counter() - start
+        if trainer.state.global_step < stage.max_steps:
+            return {"stage": name, "stopped_at": trainer.state.global_step, "checkpoints": str(paths.checkpoints)}
+
+        from conan_embed.modeling import save_embedder
+
+        save_embedder(model, paths.model)
+    log = read_log(paths.log)
+    rates = sorted(r["pairs_per_s"] for r in log if r.get("pairs_per_s"))
+    summary = {
+        "stage": name,
+        "model": str(paths.model),
+        "init": str(init_path),
+        "steps": trainer.state.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_seconds": round(seconds, 1),
+        "train_loss": output.training_loss,
+        "final_loss": log[-1]["loss"] if log else None,
+        "median_pairs_per_s": rates[len(rates) // 2] if rates else None,
+        "tasks": {n: {"file": str(t.path), "rows": len(t), "batch_size": t.config.batch_size} for n, t in tasks.items()},
+        "matryoshka_dims": list(model.conan_matryoshka_dims),
+        "fingerprint": fingerprint,
+    }
+    tmp = paths.summary.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(paths.summary)
+    return summary

@@ -1,0 +1,109 @@
+"""Recipe loading: the shipped recipes load; bad keys, types and files fail naming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conan_embed.errors import InputError
+from conan_embed.training.config import load_recipe, recipe_from_dict
+from conan_embed.training.run import check_data_files
+from conan_embed.training.tasks import TrainingTask
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def test_quickstart_recipe_loads():
+    r = load_recipe(RECIPES / "quickstart.yaml")
+    assert list(r.stages) == ["pretrain", "finetune"]
+    assert r.model.base == "e5-small" and r.model.max_length["passage"] <= 128
+    assert r.stages["finetune"].tasks["retrieval"].negatives.skip_top == 10
+    assert all(s.precision == "bf16" for s in r.stages.values())
+    assert r.eval.size == "quick" and r.eval.dims == [None, 256]
+
+
+def test_conan_v1_recipe_has_the_paper_settings():
+    r = load_recipe(RECIPES / "conan-v1.yaml")
+    assert r.model.out_dim == 1792 and r.model.pooling == "cls"
+    assert r.model.matryoshka_dims == [256, 512, 768, 1024, 1280, 1536, 1792]
+    assert r.model.max_length["passage"] == 512
+    ft = r.stages["finetune"]
+    assert ft.tasks["retrieval"].batch_size == 4 and ft.tasks["sts"].batch_size == 32
+    assert ft.optim.lr == 1e-5 and ft.optim.warmup == 0.05 and ft.optim.weight_decay == 0.001
+    ds = (RECIPES / ft.deepspeed)
+    assert ds.is_file() and yaml.safe_load(ds.read_text())["zero_optimization"]["stage"] == 1
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda d: d["stages"]["pretrain"].update(max_stesp=3), "stages.pretrain.max_stesp"),
+    (lambda d: d["stages"]["finetune"]["tasks"]["retrieval"].update(bach_size=3),
+     "stages.finetune.tasks.retrieval.bach_size"),
+    (lambda d: d.update(evals={}), "evals"),
+    (lambda d: d["model"].update(max_length={"query": 8, "doc": 8}), "model.max_length.doc"),
+])
+def test_unknown_key_is_named(recipe_dict, edit, key):
+    edit(recipe_dict)
+    with pytest.raises(InputError, match="unknown key") as err:
+        recipe_from_dict(recipe_dict, source="r.yaml")
+    assert key in str(err.value) and "r.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("edit, key, what", [
+    (lambda d: d["stages"]["pretrain"].update(max_steps="ten"), "stages.pretrain.max_steps", "an integer"),
+    (lambda d: d["stages"]["pretrain"]["optim"].update(lr="fast"), "stages.pretrain.optim.lr", "a number"),
+    (lambda d: d["stages"]["pretrain"].update(precision="fp8"), "stages.pretrain.precision", "one of"),
+    (lambda d: d["model"].update(matryoshka_dims=[16, "32"]), "model.matryoshka_dims[1]", "an integer"),
+    (lambda d: d["stages"]["pretrain"].update(tasks=[]), "stages.pretrain.tasks", "a mapping"),
+    (lambda d: d["stages"]["pretrain"].update(max_steps=0), "stages.pretrain.max_steps", "> 0"),
+    (lambda d: d["stages"]["pretrain"]["checkpoint"].update(keep=1), "stages.pretrain.checkpoint.keep", ">= 2"),
+    (lambda d: d["stages"]["finetune"]["tasks"]["sts"]["loss"].update(name="infonce"),
+     "stages.finetune.tasks.sts.loss.name", "cosent"),
+    (lambda d: d["stages"]["finetune"].update(init="nowhere"), "stages.finetune.init", "earlier stage"),
+    (lambda d: d["stages"]["pretrain"].update(deepspeed="missing_ds.json"), "stages.pretrain.deepspeed",
+     "no such file"),
+    (lambda d: d.pop("name"), "name", "missing required key"),
+])
+def test_bad_value_is_named(recipe_dict, edit, key, what):
+    edit(recipe_dict)
+    with pytest.raises(InputError, match=what) as err:
+        recipe_from_dict(recipe_dict)
+    assert key in str(err.value)
+
+
+def test_missing_data_file_is_named_before_training(recipe_dict):
+    recipe_dict["stages"]["finetune"]["tasks"]["sts"]["file"] = "finetune/nope.jsonl"
+    recipe = recipe_from_dict(recipe_dict)
+    with pytest.raises(InputError, match="no such data file") as err:
+        check_data_files(recipe)
+    assert "stages.finetune.tasks.sts.file" in str(err.value) and "nope.jsonl" in str(err.value)
+
+
+def test_bad_rows_are_named(recipe_dict, train_data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = (train_data / "finetune/sts.jsonl").read_text().splitlines()
+    lines[3] = lines[3].replace('"score"', '"scroe"')
+    bad.write_text("\n".join(lines) + "\n")
+    recipe = recipe_from_dict(recipe_dict)
+    cfg = recipe.stages["finetune"].tasks["sts"]
+    cfg.file = str(bad)
+    with pytest.raises(InputError, match="missing field 'score'") as err:
+        TrainingTask("sts", cfg, train_data)
+    assert "bad.jsonl" in str(err.value) and "row 4" in str(err.value)
+
+
+def test_overrides_and_yaml_errors(tmp_path, recipe_dict):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    r = load_recipe(path, ["stages.pretrain.max_steps=2", "stages.finetune.optim.lr=3e-4"])
+    assert r.stages["pretrain"].max_steps == 2 and r.stages["finetune"].optim.lr == 3e-4
+    with pytest.raises(InputError, match="unknown key 'stages.pretrain.bogus'"):
+        load_recipe(path, ["stages.pretrain.bogus=1"])
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        load_recipe(path, ["stages.pretrain.max_steps"])
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_recipe(tmp_path / "broken.yaml")
+    with pytest.raises(InputError, match="no such recipe file"):
+        load_recipe(tmp_path / "absent.yaml")

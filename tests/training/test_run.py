@@ -1,0 +1,53 @@
+"""`conan-embed run`: data check -> stages -> evaluation -> run folder with report.md and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conan_embed.cli import main
+
+
+def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    recipe_dict["description"] = "A tiny test recipe."
+    path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["base_model"] == recipe_dict["model"]["base"]
+    assert set(metrics["eval"]) == {"base", "pretrain", "finetune"}
+    for label, by_dim in metrics["eval"].items():
+        assert set(by_dim) == {"dim-full", "dim-16"}
+        # the base is the bare encoder (hidden 32); the stages add the recipe's 48-d head
+        assert by_dim["dim-full"]["embedding_dim"] == (32 if label == "base" else 48)
+        assert by_dim["dim-16"]["embedding_dim"] == 16
+        assert set(by_dim["dim-full"]["categories"]) == {"Retrieval", "Reranking", "STS", "PairClassification",
+                                                          "Classification", "Clustering"}
+    report = (run / "report.md").read_text()
+    assert "A tiny test recipe." in report and "| **Avg** (weighted by datasets) |" in report
+    assert report.count("| Retrieval (ndcg_at_10) |") == 2  # full dim and 16
+    avg = metrics["eval"]["finetune"]["dim-full"]["avg"]
+    assert f"{100 * avg:.2f}" in report and "Run report: tiny" in out
+    for name in ("loss.png", "recipe.yaml", "pretrain/loss.png", "finetune/log.jsonl", "model/modules.json",
+                 "eval/finetune/dim-16/eval.json"):
+        assert (run / name).is_file(), name
+
+    # the final model loads with plain sentence-transformers, truncated, without conan_embed
+    code = ("import sys; from sentence_transformers import SentenceTransformer;"
+            f"m = SentenceTransformer({str(run / 'model')!r}, truncate_dim=16);"
+            "e = m.encode(['保险'], prompt_name='query');"
+            "assert e.shape == (1, 16), e.shape; assert 'conan_embed' not in sys.modules; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+    # a second run refuses to clobber; --resume reuses every stage and evaluation
+    assert main(["run", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", str(path), "--resume"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["eval"] == metrics["eval"] and again["stages"] == metrics["stages"]

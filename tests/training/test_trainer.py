@@ -1,0 +1,134 @@
+"""The trainer: Matryoshka InfoNCE with scores, per-step records, logs, and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from conan_embed.errors import InputError
+from conan_embed.losses import InfoNCELoss, MatryoshkaLoss, info_nce_details
+from conan_embed.training.callbacks import StepRecordCallback
+from conan_embed.training.config import recipe_from_dict
+from conan_embed.training.stage import stage_paths, train_stage
+from conan_embed.training.trainer import matryoshka_info_nce
+
+
+def test_matryoshka_info_nce_equals_the_loss_modules():
+    g = torch.Generator().manual_seed(0)
+    q, p, n = (torch.randn(*s, generator=g) for s in ((5, 32), (5, 32), (5, 3, 32)))
+    loss, out = matryoshka_info_nce(q, p, n, (8, 32), 0.05)
+    assert torch.allclose(loss, MatryoshkaLoss(InfoNCELoss(0.05), (8, 32))(q, p, n))
+    full = info_nce_details(q, p, n, 0.05)
+    assert torch.allclose(out.negative_scores, full.negative_scores)
+    assert torch.allclose(out.positive_scores, full.positive_scores)
+
+
+def _single_stage(recipe_dict, *, grad_accum=2, precision="fp32", max_steps=8, every=3):
+    stage = recipe_dict["stages"]["finetune"]
+    stage.update(init="model", grad_accum=grad_accum, precision=precision, max_steps=max_steps,
+                 checkpoint={"every": every, "keep": 10})
+    recipe_dict["stages"] = {"finetune": stage}
+    return recipe_dict
+
+
+class Crash(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class Collect(StepRecordCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_records(self, args, state, records):
+        self.steps.append((state.global_step, records))
+
+
+def _weights(recipe):
+    from safetensors.torch import load_file
+
+    return load_file(str(stage_paths(recipe, "finetune").model / "model.safetensors"))
+
+
+@pytest.mark.parametrize("grad_accum, precision", [(1, "fp32"), (2, "bf16")])
+def test_interrupted_run_resumes_to_the_same_weights(recipe_dict, tmp_path, grad_accum, precision):
+    """Crash after step 7 (the last checkpoint is step 6, in the second epoch), resume: the final weights,
+    optimizer moments, scheduler and trained-on batches equal an uninterrupted run's."""
+    base = _single_stage(recipe_dict, grad_accum=grad_accum, precision=precision)
+    full = recipe_from_dict(dict(base, output_dir=str(tmp_path / "full")))
+    crashy = recipe_from_dict(dict(base, output_dir=str(tmp_path / "crashy")))
+    full_log = Collect()
+    train_stage(full, "finetune", show_progress=False, callbacks=[full_log])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_stage(crashy, "finetune", show_progress=False, callbacks=[Crash(7)])
+    with pytest.raises(InputError, match="--resume"):
+        train_stage(crashy, "finetune", show_progress=False)
+    resumed_log = Collect()
+    summary = train_stage(crashy, "finetune", resume=True, show_progress=False, callbacks=[resumed_log])
+    assert summary["resumed_from"].endswith("checkpoint-6")
+    a, b = _weights(full), _weights(crashy)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ck_a = stage_paths(full, "finetune").checkpoints / "checkpoint-8"
+    ck_b = stage_paths(crashy, "finetune").checkpoints / "checkpoint-8"
+    opt_a, opt_b = (torch.load(c / "optimizer.pt", weights_only=False) for c in (ck_a, ck_b))
+    for key, state in opt_a["state"].items():
+        torch.testing.assert_close(state["exp_avg"], opt_b["state"][key]["exp_avg"], rtol=0, atol=1e-6)
+    sched_a, sched_b = (torch.load(c / "scheduler.pt", weights_only=False) for c in (ck_a, ck_b))
+    assert sched_a["last_epoch"] == sched_b["last_epoch"] == 8
+    # the resumed run trained steps 7-8 on the very batches the uninterrupted run used
+    assert [[r.rows for r in recs] for s, recs in full_log.steps if s > 6] == \
+           [[r.rows for r in recs] for s, recs in resumed_log.steps]
+    log = [json.loads(line) for line in stage_paths(crashy, "finetune").log.read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))
+
+
+def test_records_reach_callbacks_every_step(recipe_dict, tmp_path):
+    recipe = recipe_from_dict(_single_stage(recipe_dict, grad_accum=2, max_steps=4))
+    seen = Collect()
+    train_stage(recipe, "finetune", show_progress=False, callbacks=[seen])
+    assert [s for s, _ in seen.steps] == [1, 2, 3, 4]
+    for _, records in seen.steps:
+        assert len(records) == 2 and len({r.task for r in records}) == 1  # GA micro-batches, one task
+        for r in records:
+            if r.task == "retrieval":
+                assert r.negative_scores.shape == (r.size,) and r.positive_scores.shape == (r.size,)
+                assert r.negative_scores.abs().max() <= 1 and len(r.negative_ids) == r.size
+                assert all(len(ids) == 2 for ids in r.negative_ids) and all(str(i).startswith("r") for i in r.ids)
+            else:
+                assert r.negative_scores is None and r.loss == r.loss
+
+
+def test_stage_outputs_and_stop_after(recipe_dict, tmp_path, capsys):
+    """The CLI: stop a stage early, --resume it, and get a model folder, log, loss curve and TensorBoard."""
+    import yaml
+
+    from conan_embed.cli import main
+
+    recipe_dict["stages"]["pretrain"]["log"]["tensorboard"] = True
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    assert main(["pretrain", str(path), "--stop-after", "3"]) == 0
+    assert "stopped after step 3" in capsys.readouterr().out
+    assert main(["pretrain", str(path), "--resume"]) == 0
+    assert "5 steps" in capsys.readouterr().out
+    root = tmp_path / "run" / "pretrain"
+    assert (root / "model" / "modules.json").is_file() and (root / "loss.png").stat().st_size > 1000
+    assert list((root / "tensorboard").glob("events.out.tfevents.*"))
+    assert [json.loads(x)["step"] for x in (root / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    summary = json.loads((root / "stage.json").read_text())
+    assert summary["steps"] == 5 and summary["resumed_from"].endswith("checkpoint-3")
+    # a finished stage is reused by --resume, and a changed recipe is refused naming the key
+    assert main(["pretrain", str(path), "--resume"]) == 0
+    assert main(["pretrain", str(path), "--resume", "--set", "stages.pretrain.optim.lr=0.1"]) == 2
+    assert "stage.optim.lr" in capsys.readouterr().err
+    assert main(["finetune", str(path), "--set", "stages.finetune.tasks.sts.file=finetune/x.jsonl"]) == 2
+    assert "no such data file" in capsys.readouterr().err
