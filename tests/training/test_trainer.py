@@ -132,3 +132,21 @@ def test_stage_outputs_and_stop_after(recipe_dict, tmp_path, capsys):
     assert "stage.optim.lr" in capsys.readouterr().err
     assert main(["finetune", str(path), "--set", "stages.finetune.tasks.sts.file=finetune/x.jsonl"]) == 2
     assert "no such data file" in capsys.readouterr().err
+
+
+def test_activation_checkpointing_trains_the_same_step(recipe_dict, tmp_path):
+    """Recomputing activations in backward changes memory, not the result (no dropout in play: same seed)."""
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.enabled = model[0].auto_model.is_gradient_checkpointing
+
+    results = []
+    for flag in (False, True):
+        d = _single_stage(dict(recipe_dict, output_dir=str(tmp_path / f"ac-{flag}")), grad_accum=1, max_steps=2)
+        d["stages"]["finetune"]["activation_checkpointing"] = flag
+        probe = Probe()
+        train_stage(recipe_from_dict(d), "finetune", show_progress=False, callbacks=[probe])
+        assert probe.enabled is flag
+        results.append(_weights(recipe_from_dict(d)))
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
