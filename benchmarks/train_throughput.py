@@ -5,7 +5,7 @@ Ours: `train_stage` on a one-stage recipe with one `retrieval` task (query, posi
 below the full one). Theirs: `SentenceTransformerTrainer` + `MultipleNegativesRankingLoss(scale=20)` on
 a Dataset holding the same batches (anchor, positive, negative_1..K, in our composer's order and
 grouping), with the same model, batch size, length cap, prompts, precision, optimizer settings and seed.
-The loops alternate (ours, st, ours, st, ...). A step is the time between two `on_step_end` events; the
+The loops alternate in ABBA order (ours, st, st, ours, ...). A step is the time between two `on_step_end` events; the
 first W steps are dropped; pairs/s = pairs per step / the median step of a repeat, then the median over
 repeats. The breakdown (per-step medians, pooled over repeats) splits a step into tokenisation+padding
 (`model.preprocess`: in ST's collator, in our compute_loss), forward+loss, backward, gradient
@@ -257,7 +257,8 @@ def main() -> None:
         rates, steps = {k: [] for k in loops}, {k: [] for k in loops}
         for r in range(args.repeats):
             line = []
-            for name, run in loops.items():
+            # ABBA: which loop runs first alternates, so drift on a shared machine hits both alike
+            for name, run in (list(loops.items()) if r % 2 == 0 else list(loops.items())[::-1]):
                 timer, out = StepTimer(), tmp / f"{name}-{r}"
                 run(out, timer)
                 measured = timer.steps(args.warmup_steps)

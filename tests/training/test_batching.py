@@ -79,3 +79,18 @@ def test_duplicates_are_kept_out_of_a_batch(tasks):
     copy = len(task.rows) - 1
     batches = deduplicated_batches(task, [0, copy, 1, 2, 3, 4, 5, 6], 4)
     assert batches == [(0, 1, 2), (3, 4, 5, 6)]
+
+
+def test_every_rank_trains_the_same_task_in_a_step(tasks):
+    """With 2 ranks, accelerate's BatchSamplerShard gives batch i to rank i mod 2: each rank gets its own
+    rows, and in every step all ranks and micro-batches are on one task."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    composer = SequentialTasks(tasks, seed=0, grad_accum=2, world_size=2)
+    per_rank = [[b[0] for b in BatchSamplerShard(composer, num_processes=2, process_index=r)] for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(composer) // 2
+    for i in range(0, len(per_rank[0]), 2):  # 2 micro-batches per step on each rank
+        step = per_rank[0][i:i + 2] + per_rank[1][i:i + 2]
+        assert len({p.task for p in step}) == 1
+        rows = [r for p in step for r in p.rows]
+        assert len(rows) == len(set(rows))

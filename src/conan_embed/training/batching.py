@@ -40,16 +40,19 @@ class BatchComposer(Sampler):
     batch_size = 1
     drop_last = True
 
-    def __init__(self, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int = 1):
+    def __init__(self, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int = 1, world_size: int = 1):
         if not tasks:
             raise ValueError("a composer needs at least one task")
         self.tasks, self.seed, self.grad_accum, self.epoch = tasks, seed, grad_accum, 0
+        # accelerate hands batch i to rank i mod world_size: a step is grad_accum x world_size plans
+        self.world_size = world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def steps_per_epoch(self) -> int:
-        return len(self) // self.grad_accum
+    @property
+    def plans_per_step(self) -> int:
+        return self.grad_accum * self.world_size
 
 
 class SequentialTasks(BatchComposer):
@@ -59,10 +62,10 @@ class SequentialTasks(BatchComposer):
     name = "sequential"
 
     def _steps_per_task(self) -> int:
-        return min(len(t) // t.config.batch_size for t in self.tasks.values()) // self.grad_accum
+        return min(len(t) // t.config.batch_size for t in self.tasks.values()) // self.plans_per_step
 
     def __len__(self) -> int:
-        return self._steps_per_task() * self.grad_accum * len(self.tasks)
+        return self._steps_per_task() * self.plans_per_step * len(self.tasks)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -70,14 +73,16 @@ class SequentialTasks(BatchComposer):
         for name, task in self.tasks.items():
             order = torch.randperm(len(task), generator=generator).tolist()
             batches[name] = deduplicated_batches(task, order, task.config.batch_size)
+        k = self.plans_per_step
         for step in range(self._steps_per_task()):
-            for name in self.tasks:
-                for micro in range(self.grad_accum):
-                    yield [StepPlan(name, batches[name][step * self.grad_accum + micro], self.epoch)]
+            for name in self.tasks:  # every rank and micro-batch of a step trains the same task
+                for i in range(k):
+                    yield [StepPlan(name, batches[name][step * k + i], self.epoch)]
 
 
 COMPOSERS = {SequentialTasks.name: SequentialTasks}
 
 
-def build_composer(name: str, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int) -> BatchComposer:
-    return COMPOSERS[name](tasks, seed=seed, grad_accum=grad_accum)
+def build_composer(name: str, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int,
+                   world_size: int = 1) -> BatchComposer:
+    return COMPOSERS[name](tasks, seed=seed, grad_accum=grad_accum, world_size=world_size)

@@ -75,23 +75,34 @@ def truncate_log(path: str | Path, last_step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def plot_loss_curve(records: list[dict], path: str | Path, title: str = "") -> Path | None:
-    """loss.png: the logged loss and each task's loss against the step."""
-    if not records:
+def plot_loss_curve(logs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path | None:
+    """A loss-vs-step PNG of one or more stages' log.jsonl records ({stage: records}), the stages one
+    after the other. One line per task: with tasks taking turns, a single line would zig-zag between
+    their loss scales."""
+    if not any(logs.values()):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records]
-    ax.plot(steps, [r["loss"] for r in records], label="loss", color="black", linewidth=1.5)
-    tasks = sorted({k[5:] for r in records for k in r if k.startswith("loss/")})
-    for task in tasks if len(tasks) > 1 else []:
-        points = [(r["step"], r[f"loss/{task}"]) for r in records if f"loss/{task}" in r]
-        ax.plot(*zip(*points), label=task, linewidth=1, alpha=0.8)
-    ax.set_xlabel("step")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset = 0
+    for stage, records in logs.items():
+        if not records:
+            continue
+        tasks = sorted({k[5:] for r in records for k in r if k.startswith("loss/")})
+        prefix = f"{stage}: " if len(logs) > 1 else ""
+        if len(tasks) <= 1:
+            ax.plot([offset + r["step"] for r in records], [r["loss"] for r in records],
+                    label=prefix + (tasks[0] if tasks else "loss"), linewidth=1.2)
+        for task in tasks if len(tasks) > 1 else []:
+            points = [(offset + r["step"], r[f"loss/{task}"]) for r in records if f"loss/{task}" in r]
+            ax.plot(*zip(*points), label=prefix + task, linewidth=1.2)
+        offset += records[-1]["step"]
+        if len(logs) > 1:
+            ax.axvline(offset, color="grey", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("step" + (" (stages one after the other)" if len(logs) > 1 else ""))
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -165,4 +176,4 @@ class TrainingMonitor(StepRecordCallback):
             self.bar.close()
             self.bar = None
         if state.is_world_process_zero:
-            plot_loss_curve(read_log(self.log_path), self.plot_path, self.title)
+            plot_loss_curve({"": read_log(self.log_path)}, self.plot_path, self.title)

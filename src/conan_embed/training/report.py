@@ -48,7 +48,7 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
               "|---|---|---|---|---|---|---|"]
     for name, s in metrics["stages"].items():
         tasks = ", ".join(f"{t} ({v['rows']:,}, {v['batch_size']})" for t, v in s["tasks"].items())
-        rate = "–" if s.get("median_pairs_per_s") is None else f"{s['median_pairs_per_s']:.1f}"
+        rate = ", ".join(f"{t} {v:.1f}" for t, v in (s.get("median_pairs_per_s") or {}).items()) or "–"
         loss = "–" if s.get("final_loss") is None else f"{s['final_loss']:.4f}"
         lines.append(f"| {name} | `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | "
                      f"{rate} | {loss} |")

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from conan_embed.errors import InputError
-from conan_embed.training.callbacks import read_log
+from conan_embed.training.callbacks import plot_loss_curve, read_log
 from conan_embed.training.config import Recipe
 from conan_embed.training.stage import init_model_path, stage_paths, train_stage
 
@@ -96,35 +96,6 @@ def _scores(result: dict) -> dict:
             "embedding_dim": result["embedding_dim"], "seconds": result["seconds"]}
 
 
-def combined_loss_curve(recipe: Recipe, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    offset, drawn = 0, False
-    for name in recipe.stages:
-        log = read_log(stage_paths(recipe, name).log)
-        if not log:
-            continue
-        ax.plot([offset + r["step"] for r in log], [r["loss"] for r in log], label=name, linewidth=1)
-        offset += log[-1]["step"]
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("step (stages one after the other)")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{recipe.name}: training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, evaluate: bool = True,
                show_progress: bool = True) -> dict:
     """Run the whole recipe; returns metrics.json's content."""
@@ -159,7 +130,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(stage_paths(recipe, final_stage).model, final)
-    combined_loss_curve(recipe, run_dir / "loss.png")
+    plot_loss_curve({n: read_log(stage_paths(recipe, n).log) for n in recipe.stages}, run_dir / "loss.png",
+                    f"{recipe.name}: training loss")
 
     evaluations = {}
     if evaluate and recipe.eval.enabled:

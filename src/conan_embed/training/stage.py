@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -208,7 +209,9 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
     with _quiet_transformers():
         set_seed(recipe.seed)
         model, init_path = build_stage_model(recipe, name)
-        composer = build_composer(stage.composer, tasks, seed=recipe.seed, grad_accum=stage.grad_accum)
+        args = training_arguments(recipe, stage, paths)
+        composer = build_composer(stage.composer, tasks, seed=recipe.seed, grad_accum=stage.grad_accum,
+                                  world_size=args.world_size)
         all_callbacks = [TrainingMonitor(paths.log, paths.root / "loss.png", title=f"{recipe.name}: {name}",
                                          show_progress=show_progress), SaveFinalCheckpoint()]
         if stage.log.tensorboard:
@@ -218,7 +221,7 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         if stop_after is not None:
             all_callbacks.append(StopAfterStep(stop_after))
         trainer = ConanTrainer(
-            model=model, args=training_arguments(recipe, stage, paths),
+            model=model, args=args,
             loss=ConanLoss(model, model.conan_matryoshka_dims), tasks=tasks, composer=composer,
             max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}),
             checkpoint_info={"fingerprint": fingerprint}, callbacks=all_callbacks + list(callbacks))
@@ -232,7 +235,11 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
 
         save_embedder(model, paths.model)
     log = read_log(paths.log)
-    rates = sorted(r["pairs_per_s"] for r in log if r.get("pairs_per_s"))
+    rates = {}  # per task, from the lines that cover one task only (tasks differ several-fold in speed)
+    for r in log:
+        tasks_in_line = [k[5:] for k in r if k.startswith("loss/")]
+        if len(tasks_in_line) == 1 and r.get("pairs_per_s"):
+            rates.setdefault(tasks_in_line[0], []).append(r["pairs_per_s"])
     summary = {
         "stage": name,
         "model": str(paths.model),
@@ -242,7 +249,7 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         "train_seconds": round(seconds, 1),
         "train_loss": output.training_loss,
         "final_loss": log[-1]["loss"] if log else None,
-        "median_pairs_per_s": rates[len(rates) // 2] if rates else None,
+        "median_pairs_per_s": {t: statistics.median(v) for t, v in rates.items()},
         "tasks": {n: {"file": str(t.path), "rows": len(t), "batch_size": t.config.batch_size} for n, t in tasks.items()},
         "matryoshka_dims": list(model.conan_matryoshka_dims),
         "fingerprint": fingerprint,
