@@ -106,6 +106,12 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         for child in run_dir.iterdir():  # keep a data build that lives inside the run folder
             if not (data_inside and Path(recipe.data.dir).resolve().is_relative_to(child.resolve())):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not resume:  # fail before building data or overwriting recipe.yaml
+        for name in recipe.stages:
+            root = stage_paths(recipe, name).root
+            if root.is_dir() and any(root.iterdir()):
+                raise InputError(f"{run_dir} already holds a run (stage {name!r}); pass --resume to continue "
+                                 f"it or --overwrite to start again", path=root)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {**asdict(recipe), "source": None}
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -121,8 +127,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     for name in recipe.stages:
         _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
         t0 = time.perf_counter()
-        summary = train_stage(recipe, name, resume=resume,
-                              show_progress=show_progress)
+        summary = train_stage(recipe, name, resume=resume, show_progress=show_progress)
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
         stages[name] = {k: v for k, v in summary.items() if k != "fingerprint"}
     final_stage = list(recipe.stages)[-1]
