@@ -106,9 +106,14 @@ def training_arguments(recipe: Recipe, stage: StageConfig, paths: StagePaths):
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     cuda = torch.cuda.is_available()
-    if stage.precision == "fp16" and not cuda:
+    precision = stage.precision
+    if precision == "fp16" and not cuda:
         raise InputError("precision fp16 needs a GPU; use bf16 or fp32 on CPU", path=recipe.source,
-                         field="precision")
+                         field=f"stages.{paths.root.name}.precision")
+    if precision == "bf16" and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # emulated bf16 is several times slower than fp32 on CPUs without AVX-512 bf16 / AMX
+        warnings.warn("this CPU has no native bf16: training in fp32", stacklevel=2)
+        precision = "fp32"
     return SentenceTransformerTrainingArguments(
         output_dir=str(paths.checkpoints),
         max_steps=stage.max_steps,
@@ -119,8 +124,8 @@ def training_arguments(recipe: Recipe, stage: StageConfig, paths: StagePaths):
         weight_decay=stage.optim.weight_decay,
         max_grad_norm=stage.optim.max_grad_norm,
         lr_scheduler_type="linear",
-        bf16=stage.precision == "bf16",
-        fp16=stage.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not cuda,
         activation_checkpointing=stage.activation_checkpointing,
         deepspeed=str(resolve_relative(recipe, stage.deepspeed)) if stage.deepspeed else None,
