@@ -50,7 +50,7 @@ def build_embedder(
     *,
     pooling: Literal["cls", "mean"] = "cls",
     out_dim: int | None = PAPER_OUT_DIM,
-    max_seq_length: int = 512,
+    max_seq_length: int | None = 512,
     dims=PAPER_MATRYOSHKA_DIMS,
     prompts: dict[str, str] | None = None,
     device: str | None = None,

@@ -124,6 +124,10 @@ def test_stage_outputs_and_stop_after(recipe_dict, tmp_path, capsys):
     assert (root / "model" / "modules.json").is_file() and (root / "loss.png").stat().st_size > 1000
     assert list((root / "tensorboard").glob("events.out.tfevents.*"))
     assert [json.loads(x)["step"] for x in (root / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    # training caps fields at 24/48 tokens; the saved model keeps the base's own limit (tiny BERT: 128)
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(root / "model")).max_seq_length == 128
     summary = json.loads((root / "stage.json").read_text())
     assert summary["steps"] == 5 and summary["resumed_from"].endswith("checkpoint-3")
     # a finished stage is reused by --resume, and a changed recipe is refused naming the key

@@ -56,8 +56,8 @@ def check_data_files(recipe: Recipe) -> None:
 
 
 def _model_stamp(path: Path) -> dict:
-    """Identifies a model folder's content cheaply: weight files' sizes and mtimes."""
-    files = sorted(p for p in Path(path).rglob("*.safetensors"))
+    """Identifies a model folder's content cheaply: its files' sizes and mtimes."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
     return {str(p.relative_to(path)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 

@@ -68,6 +68,12 @@ def _base_prompts(path) -> dict[str, str]:
     return {}
 
 
+def _base_max_length(path) -> int | None:
+    """The base folder's sentence-transformers length limit, if it is one (None: let the tokenizer decide)."""
+    conf = Path(path) / "sentence_bert_config.json"
+    return json.loads(conf.read_text()).get("max_seq_length") if conf.is_file() else None
+
+
 def init_model_path(recipe: Recipe, name: str) -> Path | str:
     """Where stage `name` starts from: the recipe's base model, an earlier stage's model, or a folder."""
     from conan_embed.assets import resolve_model
@@ -89,14 +95,14 @@ def build_stage_model(recipe: Recipe, name: str):
 
     stage, cfg = recipe.stage(name), recipe.model
     path = init_model_path(recipe, name)
-    max_len = max(recipe.max_length(stage).values())
+    # The model keeps the base's own length limit (e5: 512): the recipe's caps are applied per field
+    # while training and are not a property of the saved model, which must encode long passages later.
     if stage.init == "model":
         prompts = cfg.prompts if cfg.prompts is not None else _base_prompts(path)
-        model = build_embedder(path, pooling=cfg.pooling, out_dim=cfg.out_dim, max_seq_length=max_len,
+        model = build_embedder(path, pooling=cfg.pooling, out_dim=cfg.out_dim, max_seq_length=_base_max_length(path),
                                dims=cfg.matryoshka_dims, prompts=prompts, seed=recipe.seed)
     else:
         model = load_embedder(path)
-        model.max_seq_length = max_len
         model.conan_matryoshka_dims = matryoshka_dims(model.get_embedding_dimension(), cfg.matryoshka_dims)
     return model, path
 
