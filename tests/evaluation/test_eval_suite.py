@@ -155,3 +155,29 @@ def test_bad_model_and_task_and_size(tiny_model_dir, tmp_path):
         run_suite(tiny_model_dir, size="huge", show_progress=False)
     with pytest.raises(InputError, match="batch_size"):
         run_suite(tiny_model_dir, size="tiny", batch_size=0, show_progress=False)
+
+
+def test_shared_cache_encodes_each_text_once_across_dims(tiny_model_dir):
+    from conan_embed.evaluation import run_suite
+    from conan_embed.modeling import load_embedder
+
+    model = load_embedder(tiny_model_dir)
+    cache = {}
+    full = run_suite(model, size="tiny", tasks="STS,Retrieval", show_progress=False, embedding_cache=cache)
+    cut = run_suite(model, size="tiny", tasks="STS,Retrieval", dim=16, show_progress=False, embedding_cache=cache)
+    fresh = run_suite(model, size="tiny", tasks="STS,Retrieval", dim=16, show_progress=False)
+    assert all(e["texts_encoded"] > 0 for e in full["tasks"].values())
+    assert all(e["texts_encoded"] == 0 for e in cut["tasks"].values())
+    for name, entry in cut["tasks"].items():
+        assert entry["main_score"] == pytest.approx(fresh["tasks"][name]["main_score"], abs=1e-6)
+
+
+def test_bf16_precision(tiny_model_dir):
+    from conan_embed.evaluation import run_suite
+
+    fp32 = run_suite(tiny_model_dir, size="tiny", tasks="STS", show_progress=False)
+    bf16 = run_suite(tiny_model_dir, size="tiny", tasks="STS", show_progress=False, precision="bf16")
+    assert bf16["precision"] == "bf16"
+    assert bf16["avg"] == pytest.approx(fp32["avg"], abs=0.05)
+    with pytest.raises(InputError, match="precision"):
+        run_suite(tiny_model_dir, size="tiny", tasks="STS", show_progress=False, precision="fp8")
