@@ -216,14 +216,18 @@ def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
         raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}", path=source, field=key)
 
 
+def _check_text_fields(lengths: dict, key: str, source) -> None:
+    for name in lengths:
+        if name not in TEXT_FIELDS:
+            raise InputError(f"unknown key '{key}.{name}'; known: {', '.join(TEXT_FIELDS)}", path=source,
+                             field=f"{key}.{name}")
+
+
 def _validate(recipe: Recipe) -> None:
     src = recipe.source
     if not recipe.stages:
         raise InputError("a recipe needs at least one stage under 'stages'", path=src, field="stages")
-    for key in recipe.model.max_length:
-        if key not in TEXT_FIELDS:
-            raise InputError(f"unknown key 'model.max_length.{key}'; known: {', '.join(TEXT_FIELDS)}",
-                             path=src, field=f"model.max_length.{key}")
+    _check_text_fields(recipe.model.max_length, "model.max_length", src)
     seen = []
     for name, stage in recipe.stages.items():
         p = f"stages.{name}"
@@ -238,10 +242,7 @@ def _validate(recipe: Recipe) -> None:
         if stage.checkpoint.keep < 2:
             raise InputError(f"{p}.checkpoint.keep must be >= 2 (rotation runs before a new checkpoint is "
                              f"complete), got {stage.checkpoint.keep}", path=src, field=f"{p}.checkpoint.keep")
-        for key in stage.max_length:
-            if key not in TEXT_FIELDS:
-                raise InputError(f"unknown key '{p}.max_length.{key}'; known: {', '.join(TEXT_FIELDS)}",
-                                 path=src, field=f"{p}.max_length.{key}")
+        _check_text_fields(stage.max_length, f"{p}.max_length", src)
         if stage.init != "model" and stage.init not in seen and not Path(stage.init).exists():
             raise InputError(f"{p}.init must be 'model', an earlier stage ({', '.join(seen) or 'none'}) or an "
                              f"existing model folder, got {stage.init!r}", path=src, field=f"{p}.init")

@@ -102,9 +102,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     start = time.perf_counter()
     run_dir = Path(recipe.output_dir)
     if overwrite and run_dir.exists():
-        data_inside = Path(recipe.data.dir).resolve().is_relative_to(run_dir.resolve())
+        data_dir = Path(recipe.data.dir).resolve()
         for child in run_dir.iterdir():  # keep a data build that lives inside the run folder
-            if not (data_inside and Path(recipe.data.dir).resolve().is_relative_to(child.resolve())):
+            if not data_dir.is_relative_to(child.resolve()):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     if not resume:  # fail before building data or overwriting recipe.yaml
         for name in recipe.stages:

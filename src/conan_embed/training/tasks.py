@@ -79,7 +79,7 @@ class TrainingTask:
             self.corpus = {str(r["id"]): r["text"] for r in read_records(corpus_path, "corpus")}
         for number, row in enumerate(self.rows, 1):
             if row.get("candidates") is not None:
-                window = [str(c) for c in row["candidates"][skip: skip + count]]
+                window = self.negative_window(number - 1)
                 if len(window) < count:
                     raise InputError(f"{len(row['candidates'])} candidates; negatives.skip_top {skip} + count "
                                      f"{count} needs {skip + count}", path=self.path, row=number,
