@@ -52,6 +52,19 @@ def cmd_encode(args) -> None:
     print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
 
 
+def cmd_curate(args) -> None:
+    from conan_embed.curate import curate, load_curate_config
+    from conan_embed.curate.report import format_stats
+
+    config = load_curate_config(args.config, args.set or [])
+    if args.workers is not None:
+        config.executor.workers = args.workers
+    if args.executor is not None:
+        config.executor.name = args.executor
+    stats = curate(args.inputs, args.output, config, overwrite=args.overwrite)
+    print(format_stats(stats))
+
+
 def _recipe(args):
     from conan_embed.training.config import load_recipe
 
@@ -102,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-data", help="write the training files built from the shipped data")
     p.add_argument("--output", default=DEFAULT_DATA_DIR, help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_build_data)
+
+    p = sub.add_parser("curate", help="filter, deduplicate and teacher-score raw pairs (kept + rejected + stats)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw pair files: .jsonl, .jsonl.gz, .parquet, .csv")
+    p.add_argument("--output", required=True, help="output folder: kept/, rejected/, stats.json")
+    p.add_argument("--config", help="a curation YAML file (docs/curation.md); default: the built-in settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set stages.teacher.percentile=5 (repeatable)")
+    p.add_argument("--executor", choices=("local", "ray"), help="where shards run (default: the config's, local)")
+    p.add_argument("--workers", type=int, help="local executor: processes for the CPU stages (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="delete the output's earlier curation and start again "
+                   "(without it, a re-run finishes an interrupted curation)")
+    p.set_defaults(func=cmd_curate)
 
     model_help = "a model folder, or a shipped model: e5-small (pruned vocabulary), e5-small-full"
     p = sub.add_parser("eval", help="evaluate a model on the local C-MTEB-shaped suite")

@@ -14,6 +14,11 @@ from conan_embed.cli import main
 def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     recipe_dict["description"] = "A tiny test recipe."
+    # curate the weak pairs first (the tiny base model as teacher), pre-train on the kept shards
+    recipe_dict["curate"] = {"input": ["pretrain/weak_pairs.jsonl"], "output": str(tmp_path / "curated"),
+                             "executor": {"workers": 1}, "stages": {"teacher": {
+                                 "model": recipe_dict["model"]["base"], "percentile": 10}}}
+    recipe_dict["stages"]["pretrain"]["tasks"]["weak"]["file"] = str(tmp_path / "curated" / "kept")
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
@@ -29,6 +34,10 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
         assert set(by_dim["dim-full"]["categories"]) == {"Retrieval", "Reranking", "STS", "PairClassification",
                                                           "Classification", "Clustering"}
     report = (run / "report.md").read_text()
+    curation = metrics["curation"]
+    assert curation["rows_in"] == 48 and curation["table"][-1]["stage"] == "teacher"
+    assert metrics["stages"]["pretrain"]["tasks"]["weak"]["rows"] == curation["kept"] < 48
+    assert "## Data curation" in report and f"| **total** | **48** | **{curation['kept']}** |" in report
     assert "A tiny test recipe." in report and "| **Avg** (weighted by datasets) |" in report
     assert report.count("| Retrieval (ndcg_at_10) |") == 2  # full dim and 16
     avg = metrics["eval"]["finetune"]["dim-full"]["avg"]

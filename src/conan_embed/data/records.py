@@ -73,9 +73,26 @@ def _format(path: Path) -> str:
     raise InputError("unsupported file type: use .jsonl or .parquet", path=path)
 
 
-def read_records(path: str | os.PathLike, kind: str | None = None) -> Iterator[dict]:
-    """Yield the rows of a JSONL or Parquet file, validated against `kind` if given."""
+def data_files(path: str | os.PathLike) -> list[Path]:
+    """A data file, or a folder's shards (`part-*.jsonl` / `part-*.parquet`, e.g. curated `kept/`) in order."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.startswith("part-") and p.suffix in (".jsonl", ".parquet"))
+        if not files:
+            raise InputError("folder holds no part-*.jsonl or part-*.parquet files", path=path)
+        return files
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    return [path]
+
+
+def read_records(path: str | os.PathLike, kind: str | None = None) -> Iterator[dict]:
+    """Yield the rows of a JSONL or Parquet file (or a folder of shards), validated against `kind` if given."""
+    path = Path(path)
+    if path.is_dir():
+        for file in data_files(path):
+            yield from read_records(file, kind)
+        return
     if not path.is_file():
         raise InputError("file not found", path=path)
     fmt = _format(path)

@@ -9,18 +9,15 @@ before an hour of training rather than in the middle of it.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
+from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
 from conan_embed.errors import InputError
+from conan_embed.typed_config import build_dataclass, config_hash, set_override  # noqa: F401  (re-exported)
 
 TASK_KINDS = ("pairs", "retrieval", "sts")
 TEXT_FIELDS = ("query", "passage")
@@ -121,6 +118,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curate: RecipeCurateConfig | None = None  # curate raw pairs into data.dir before the stages
     source: str | None = None  # the recipe file (set by load_recipe; relative paths in it resolve there)
 
     def stage(self, name: str) -> StageConfig:
@@ -134,81 +132,6 @@ class Recipe:
 
     def max_length(self, stage: StageConfig) -> dict[str, int]:
         return {**self.model.max_length, **stage.max_length}
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value, tp, key: str, source):
-    """`value` checked against the annotation `tp`; nested dataclasses are built recursively."""
-    def fail(expected: str):
-        raise InputError(f"{key}: expected {expected}, got {value!r:.80}", path=source, field=key)
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        return _convert(value, options[0], key, source) if len(options) == 1 else value
-    if origin is Literal:
-        if value not in args:
-            fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            fail(f"a mapping ({tp.__name__})")
-        return _build(tp, value, key, source)
-    if origin is list:
-        if not isinstance(value, list):
-            fail(f"a list of {_type_name(args[0])}")
-        return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            fail(f"a mapping of {_type_name(args[1])}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            fail("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string: accept what float() reads
-            try:
-                return float(value)
-            except ValueError:
-                fail("a number")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            fail("a string")
-        return value
-    return value
-
-
-def _build(cls, data: dict, prefix: str, source):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise InputError(f"unknown key {where!r}; known keys here: {', '.join(sorted(known))}",
-                         path=source, field=where)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                key = f"{prefix}.{f.name}" if prefix else f.name
-                raise InputError(f"missing required key {key!r}", path=source, field=key)
-            continue
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        kwargs[f.name] = _convert(data[f.name], hints[f.name], key, source)
-    return cls(**kwargs)
 
 
 def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
@@ -228,6 +151,11 @@ def _validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise InputError("a recipe needs at least one stage under 'stages'", path=src, field="stages")
     _check_text_fields(recipe.model.max_length, "model.max_length", src)
+    if recipe.curate is not None:
+        recipe.curate.source = src
+        check_curate_config(recipe.curate, "curate.")
+        if not recipe.curate.input:
+            raise InputError("curate.input lists no files", path=src, field="curate.input")
     seen = []
     for name, stage in recipe.stages.items():
         p = f"stages.{name}"
@@ -272,24 +200,10 @@ def resolve_relative(recipe: Recipe, path: str) -> Path:
     return Path(recipe.source).parent / p
 
 
-def set_override(data: dict, assignment: str, source=None) -> None:
-    """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe mapping."""
-    if "=" not in assignment:
-        raise InputError(f"--set expects KEY=VALUE, got {assignment!r}", path=source)
-    key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise InputError(f"--set {key}: {part!r} is not a mapping", path=source, field=key)
-    node[parts[-1]] = yaml.safe_load(raw)
-
-
 def recipe_from_dict(data: dict, source=None) -> Recipe:
     if not isinstance(data, dict):
         raise InputError(f"a recipe is a YAML mapping, got {type(data).__name__}", path=source)
-    recipe = _build(Recipe, data, "", source)
+    recipe = build_dataclass(Recipe, data, "", source)
     recipe.source = str(source) if source is not None else None
     _validate(recipe)
     return recipe
@@ -307,9 +221,3 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for assignment in overrides:
         set_override(data, assignment, source=path)
     return recipe_from_dict(data, source=path)
-
-
-def config_hash(obj: Any) -> str:
-    """A short stable hash of a (dataclass) config, stored in checkpoints to refuse a mismatched resume."""
-    blob = json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

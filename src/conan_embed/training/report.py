@@ -36,6 +36,23 @@ def score_table(evals: dict[str, dict], dim_key: str) -> list[str]:
     return lines
 
 
+def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
+    from conan_embed.curate.report import retention_markdown, teacher_summary
+    from conan_embed.curate.teacher import histogram_text
+
+    lines = ["## Data curation", "",
+             f"`{', '.join(stats['inputs'])}` -> `{stats['output']}/kept/` ({stats['rows_in']:,} -> "
+             f"{stats['kept']:,} pairs); rejected rows with their reasons in `{stats['output']}/rejected/`.", "",
+             *retention_markdown(stats), ""]
+    if stats.get("teacher"):
+        lines += teacher_summary(stats)
+        if stats["teacher"]["model"] == recipe.model.base:
+            lines.append("The teacher is the base model itself (the only embedder shipped offline): self-filtering. "
+                         "The paper's teacher is bge-large-zh-v1.5 with an absolute cut of 0.4.")
+        lines += ["", "```", histogram_text(stats["teacher"]["histogram"], stats["teacher"]["cut"]), "```"]
+    return lines + [""]
+
+
 def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
     lines = [f"# Run report: {recipe.name}", ""]
     if recipe.description:
@@ -44,6 +61,8 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
               f"- final model: `{metrics['final_model']}` (loads with `SentenceTransformer(path)`, "
               f"`truncate_dim=` any Matryoshka dim)",
               f"- created {metrics['created']}; total {metrics['timings']['total_s'] / 60:.1f} min", ""]
+    if metrics.get("curation"):
+        lines += _curation_section(metrics["curation"], recipe)
     lines += ["## Training", "", "| stage | starts from | steps | tasks (rows, batch) | train time | median pairs/s | final loss |",
               "|---|---|---|---|---|---|---|"]
     for name, s in metrics["stages"].items():

@@ -49,10 +49,22 @@ def check_data_files(recipe: Recipe) -> None:
     for name, stage in recipe.stages.items():
         for tname, task in stage.tasks.items():
             for key, rel in (("file", task.file), ("corpus", task.corpus)):
-                if rel is not None and not recipe.data_file(rel).is_file():
+                if rel is not None and not recipe.data_file(rel).exists():
                     raise InputError(f"stages.{name}.tasks.{tname}.{key}: no such data file "
                                      f"(data.dir is {recipe.data.dir})", path=recipe.data_file(rel),
                                      field=f"stages.{name}.tasks.{tname}.{key}")
+
+
+def curate_data(recipe: Recipe, *, overwrite: bool, show_progress: bool) -> dict | None:
+    """Run the recipe's curation into data.dir (a finished one with the same settings is reused)."""
+    if recipe.curate is None:
+        return None
+    from conan_embed.curate import curate
+
+    c = recipe.curate
+    _log(f"curating {', '.join(c.input)} into {recipe.data_file(c.output)}")
+    return curate([recipe.data_file(p) for p in c.input], recipe.data_file(c.output), c, overwrite=overwrite,
+                  show_progress=show_progress)
 
 
 def _model_stamp(path: Path) -> dict:
@@ -114,13 +126,19 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
                                  f"it or --overwrite to start again", path=root)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {**asdict(recipe), "source": None}
+    if data.get("curate"):
+        data["curate"].pop("source")
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     timings = {}
 
     t0 = time.perf_counter()
     prepare_data(recipe)
-    check_data_files(recipe)
     timings["data_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    curation = curate_data(recipe, overwrite=overwrite, show_progress=show_progress)
+    if curation is not None:
+        timings["curate_s"] = round(time.perf_counter() - t0, 1)
+    check_data_files(recipe)
 
     base_path = Path(init_model_path(recipe, next(iter(recipe.stages))))
     stages = {}
@@ -155,6 +173,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         "models": {"base": str(base_path), **{n: s["model"] for n, s in stages.items()}},
         "eval_settings": asdict(recipe.eval),
         "eval": evaluations,
+        "curation": curation and {k: curation[k] for k in ("inputs", "output", "rows_in", "kept", "table", "dedup",
+                                                           "teacher", "timings")},
         "stages": stages,
         "timings": timings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

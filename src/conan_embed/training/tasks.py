@@ -54,8 +54,8 @@ class TrainingTask:
     def __init__(self, name: str, config: TaskConfig, data_dir: str | Path, *, key: str = "tasks"):
         self.name, self.config, self.kind = name, config, config.kind
         path = Path(data_dir) / config.file
-        if not path.is_file():
-            raise InputError(f"{key}.{name}.file: no such data file", path=path, field=f"{key}.{name}.file")
+        if not path.exists():
+            raise InputError(f"{key}.{name}.file: no such data file or folder", path=path, field=f"{key}.{name}.file")
         self.path = path
         self.rows = list(read_records(path, RECORD_KIND[self.kind]))
         if len(self.rows) < config.batch_size:

@@ -1,0 +1,52 @@
+"""Teacher scoring: the cut (percentile / absolute), the histogram, and real scores from a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conan_embed.curate.config import TeacherConfig
+from conan_embed.curate.teacher import TeacherScorer, histogram, histogram_text, score_cut
+
+
+def test_percentile_cut_drops_the_lowest_share():
+    scores = np.random.default_rng(0).random(1000).astype(np.float32)
+    cut = score_cut(scores, TeacherConfig(percentile=11))
+    assert (scores >= cut).sum() == 890  # ceil(0.89 n) kept when there are no ties
+    assert score_cut(scores, TeacherConfig(percentile=None, threshold=0.4)) == 0.4
+    both = score_cut(scores, TeacherConfig(percentile=11, threshold=0.5))
+    assert both == 0.5  # the stricter of the two
+    assert score_cut(scores, TeacherConfig(percentile=None, threshold=None)) is None
+    assert score_cut(np.array([0.5] * 10), TeacherConfig(percentile=30)) == 0.5  # ties are all kept
+
+
+def test_histogram_text_marks_the_dropped_bins():
+    scores = np.linspace(0.8, 0.95, 200)
+    hist = histogram(scores, bins=10)
+    assert sum(hist["counts"]) == 200 and len(hist["edges"]) == 11
+    text = histogram_text(hist, cut=0.83)
+    lines = text.splitlines()
+    assert lines[0].endswith("x" * len(lines[0].split()[-1])) and "#" in lines[-2] and "cut at 0.8300" in lines[-1]
+
+
+def test_scores_from_a_tiny_teacher_are_cosines_and_repeatable(tiny_teacher, shipped_pairs):
+    cfg = TeacherConfig(model=tiny_teacher, max_length={"query": 16, "passage": 32}, batch_size=8)
+    scorer = TeacherScorer(cfg, device="cpu")
+    q = [p["query"] for p in shipped_pairs[:20]]
+    p = [p["passage"] for p in shipped_pairs[:20]]
+    scores, baseline = scorer.score(q, p)
+    assert scores.shape == baseline.shape == (20,)
+    assert (np.abs(scores) <= 1 + 1e-5).all()
+    again, _ = TeacherScorer(cfg, device="cpu").score(q, p)
+    np.testing.assert_allclose(again, scores, atol=1e-6)
+    self_scores, _ = scorer.score(q, q)
+    assert self_scores.mean() > scores.mean()  # a query is closer to itself than to its answer
+
+
+@pytest.mark.parametrize("bad", [{"percentile": 100}, {"threshold": 1.5}])
+def test_bad_teacher_settings_name_the_key(bad):
+    from conan_embed.curate.config import curate_config_from_dict
+    from conan_embed.errors import InputError
+
+    with pytest.raises(InputError, match=f"stages.teacher.{next(iter(bad))}"):
+        curate_config_from_dict({"stages": {"teacher": bad}})
