@@ -153,6 +153,7 @@ class ExecutorConfig:
     address: str | None = None  # ray: a cluster address; None starts a local one
     teacher_actors: int = 1  # ray: teacher model replicas
     teacher_gpus: float = 0  # ray: GPUs per teacher actor
+    teacher_cpus: float = 1  # ray: CPUs (and torch threads) per teacher actor; raise it for CPU-only teachers
 
 
 @dataclass

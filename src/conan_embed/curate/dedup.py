@@ -60,9 +60,7 @@ class NearDuplicateDetector:
             sig = signatures(ids)
             ok = [(sig[u] == sig[v]).mean() >= t for u, v in edges.tolist()]
         else:
-            text = texts(ids)
-            grams = {i: minhash.char_ngrams(text[i], self.config.ngram) for i in ids.tolist()}
-            ok = [len(grams[u] & grams[v]) >= t * len(grams[u] | grams[v]) for u, v in edges.tolist()]
+            ok = minhash.edge_jaccard(edges, texts(ids), self.config.ngram) >= t - 1e-12
         return edges[np.asarray(ok, dtype=bool)]
 
     def heads(self, texts: list[str], ids: np.ndarray | None = None) -> np.ndarray:

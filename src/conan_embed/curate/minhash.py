@@ -51,7 +51,7 @@ def shingle_hashes(texts: list[str], ngram: int = 5) -> tuple[np.ndarray, np.nda
     A text shorter than `ngram` characters is one shingle: the whole text."""
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     total = int(lengths.sum())
-    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(U64)
+    cps = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(U64)
     cps = np.concatenate([cps, np.zeros(ngram, dtype=U64)])
     h = np.zeros(total, dtype=U64)
     with np.errstate(over="ignore"):
@@ -165,6 +165,53 @@ def jaccard(x: str, y: str, ngram: int = 5) -> float:
     """Exact Jaccard similarity of two texts' character n-gram sets."""
     a, b = char_ngrams(x, ngram), char_ngrams(y, ngram)
     return len(a & b) / len(a | b)
+
+
+def edge_jaccard(edges: np.ndarray, texts: dict[int, str], ngram: int = 5,
+                 chunk_elements: int = 1 << 24) -> np.ndarray:
+    """Jaccard similarity of each edge's two texts over their character n-gram sets, vectorised.
+
+    Each text's n-grams are its shingle hashes (32-bit; two distinct n-grams of one pair collide with
+    probability ~ m^2 / 2^33, negligible next to the threshold), made unique per text with one sort;
+    per edge, both sides' sets are tagged with the edge number, sorted together, and the adjacent equal
+    values are the intersection. 4-5x faster than Python sets of strings on long texts.
+    """
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    if not len(edges):
+        return np.zeros(0)
+    ids = np.unique(edges)
+    hashes, counts = shingle_hashes([texts[int(i)] for i in ids], ngram)
+    doc = np.repeat(np.arange(len(ids), dtype=U64), counts)
+    keyed = np.sort((doc << U64(32)) | hashes.astype(U64))  # (np.unique's hash path is 3x slower here)
+    keyed = keyed[np.concatenate([[True], keyed[1:] != keyed[:-1]])]  # unique within each text
+    values = (keyed & U64(0xFFFFFFFF)).astype(U64)
+    starts = np.searchsorted(keyed >> U64(32), np.arange(len(ids) + 1, dtype=U64))
+    sizes = np.diff(starts)
+    side = np.searchsorted(ids, edges)  # (m, 2) text positions
+    out = np.empty(len(edges))
+    per_edge = sizes[side].sum(1)
+    bounds = np.searchsorted(np.cumsum(per_edge), np.arange(chunk_elements, per_edge.sum() + chunk_elements,
+                                                           chunk_elements), side="right")
+    lo = 0
+    for hi in [*bounds.tolist(), len(edges)]:
+        hi = max(hi, lo + 1) if lo < len(edges) else lo
+        if hi <= lo:
+            continue
+        parts = []
+        for k in (0, 1):
+            d = side[lo:hi, k]
+            lens = sizes[d]
+            first = np.repeat(starts[d] - (np.cumsum(lens) - lens), lens)
+            pos = np.arange(int(lens.sum())) + first
+            tag = np.repeat(np.arange(hi - lo, dtype=U64), lens) << U64(32)
+            parts.append(tag | values[pos])
+        merged = np.sort(np.concatenate(parts))
+        same = merged[1:] == merged[:-1]
+        inter = np.bincount((merged[1:][same] >> U64(32)).astype(np.int64), minlength=hi - lo)
+        a, b = sizes[side[lo:hi, 0]], sizes[side[lo:hi, 1]]
+        out[lo:hi] = inter / (a + b - inter)
+        lo = hi
+    return out
 
 
 def union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

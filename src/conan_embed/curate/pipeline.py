@@ -85,8 +85,9 @@ class Curation:
     def __init__(self, inputs: list[str | Path], output: str | Path, config: CurateConfig | None = None, *,
                  overwrite: bool = False, show_progress: bool = True):
         self.cfg = config or CurateConfig()
-        self.inputs = [str(p) for p in inputs]
-        self.out = Path(output)
+        # absolute: Ray workers on other machines resolve relative paths against their own folders
+        self.inputs = [str(Path(p).resolve()) for p in inputs]
+        self.out = Path(output).resolve()
         self.work = self.out / "work"
         self.show_progress = show_progress
         self.ext = ".parquet" if self.cfg.output_format == "parquet" else ".jsonl"
@@ -149,6 +150,7 @@ class Curation:
         write_rows(self.work / "a" / f"{shard.name}.jsonl", [r.to_work() for r in live])
         if self.dedup is not None:
             arrays = self.dedup.prepare(live)
+            np.save(self.work / "a" / f"{shard.name}.sig.npy", arrays.pop("sig"))  # memory-mapped later
             np.savez(self.work / "a" / f"{shard.name}.npz", **arrays)
         done = {"rows": len(records), "kept": len(live),
                 "reasons": dict(Counter(r.reason for r in records if r.reason)),
@@ -157,9 +159,11 @@ class Curation:
         return done
 
     # -- phase B: dedup --------------------------------------------------------------------------------
+    def _signatures(self, part: str) -> np.ndarray:
+        return np.load(self.work / "a" / f"{part}.sig.npy", mmap_mode="r")
+
     def _band_keys(self, part: str) -> tuple[np.ndarray, np.ndarray]:
-        arrays = np.load(self.work / "a" / f"{part}.npz")
-        return arrays["gid"], self.dedup.detector.band_keys(arrays["sig"])
+        return np.load(self.work / "a" / f"{part}.npz")["gid"], self.dedup.detector.band_keys(self._signatures(part))
 
     def _records_by_gid(self, gids: set[int]) -> dict[int, Record]:
         """The phase-A survivors with these gids, reading only the shards that hold them."""
@@ -176,7 +180,7 @@ class Curation:
         if done_file.is_file():
             return json.loads(done_file.read_text())
         parts = [s.name for s in self.shards]
-        loaded = [np.load(self.work / "a" / f"{p}.npz") for p in parts]
+        loaded = [dict(np.load(self.work / "a" / f"{p}.npz")) for p in parts]  # gid + hash: 16 B per row
         gid = np.concatenate([a["gid"] for a in loaded]) if loaded else np.zeros(0, np.int64)
         hashes = np.concatenate([a["hash"] for a in loaded]) if loaded else np.zeros(0, np.uint64)
         cache: dict[int, Record] = {}
@@ -188,11 +192,12 @@ class Curation:
             return {int(i): cache[int(i)] for i in ids}
 
         def signatures(ids) -> dict:
-            wanted = {int(i) for i in ids}
             out = {}
-            for a in loaded:
-                for k in np.flatnonzero(np.isin(a["gid"], list(wanted))):
-                    out[int(a["gid"][k])] = a["sig"][k]
+            for part, a in zip(parts, loaded):
+                rows = np.flatnonzero(np.isin(a["gid"], ids))
+                if len(rows):
+                    sig = self._signatures(part)
+                    out.update(zip(a["gid"][rows].tolist(), sig[rows]))
             return out
 
         def edges_of(alive):
