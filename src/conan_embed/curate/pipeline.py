@@ -17,6 +17,7 @@ unfinished work; a re-run with different settings is refused (naming them) unles
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -85,6 +86,7 @@ class Curation:
     def __init__(self, inputs: list[str | Path], output: str | Path, config: CurateConfig | None = None, *,
                  overwrite: bool = False, show_progress: bool = True):
         self.cfg = config or CurateConfig()
+        self.shown = {"inputs": [str(p) for p in inputs], "output": str(output)}  # as given, for stats and reports
         # absolute: Ray workers on other machines resolve relative paths against their own folders
         self.inputs = [str(Path(p).resolve()) for p in inputs]
         self.out = Path(output).resolve()
@@ -94,6 +96,7 @@ class Curation:
         self.settings = _settings(self.cfg)
         self.hash = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.shards = plan_shards(self.inputs, self.cfg.shard_rows)  # fails on a missing / empty input
+        self._gid_starts = [s.gid_start for s in self.shards]
         self._prepare_output(overwrite)
         self.row_stages = build_row_stages(self.cfg)
         self.dedup = DedupStage(self.cfg.stages.dedup, self.cfg.fields) if self.cfg.stages.dedup.enabled else None
@@ -165,14 +168,16 @@ class Curation:
     def _band_keys(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         return np.load(self.work / "a" / f"{part}.npz")["gid"], self.dedup.detector.band_keys(self._signatures(part))
 
+    def _shard_of(self, gid: int) -> Shard:
+        return self.shards[bisect.bisect_right(self._gid_starts, gid) - 1]
+
     def _records_by_gid(self, gids: set[int]) -> dict[int, Record]:
         """The phase-A survivors with these gids, reading only the shards that hold them."""
         found = {}
-        for s in self.shards:
-            if any(s.gid_start <= g < s.gid_start + s.stop - s.start for g in gids):
-                for data in read_jsonl(self.work / "a" / f"{s.name}.jsonl"):
-                    if data["gid"] in gids:
-                        found[data["gid"]] = Record.from_work(data)
+        for s in {self._shard_of(g).index: self._shard_of(g) for g in gids}.values():
+            for data in read_jsonl(self.work / "a" / f"{s.name}.jsonl"):
+                if data["gid"] in gids:
+                    found[data["gid"]] = Record.from_work(data)
         return found
 
     def dedup_phase(self, executor) -> dict:
@@ -273,7 +278,9 @@ class Curation:
     # -- phase D: the teacher's cut and the final files ------------------------------------------------
     def finish(self) -> dict:
         teacher = self.cfg.stages.teacher
-        loaded = {s.name: np.load(self.work / "c" / f"{s.name}.npz") for s in self.shards}
+        loaded = {s.name: dict(np.load(self.work / "c" / f"{s.name}.npz")) for s in self.shards}
+        for a in loaded.values():  # the scores as written into the rows, so that the cut and the files agree
+            a["scores"] = np.round(a["scores"].astype(np.float64), 6)
         scores = np.concatenate([a["scores"] for a in loaded.values()])
         baseline = np.concatenate([a["baseline"] for a in loaded.values()])
         use_teacher = teacher.enabled
@@ -284,7 +291,7 @@ class Curation:
             shard_scores = loaded[s.name]["scores"]
             for r, score in zip(records, shard_scores.tolist() if use_teacher else [None] * len(records)):
                 if score is not None:
-                    r.row["score"] = round(float(score), 6)
+                    r.row["score"] = score
                     if cut is not None and score < cut:
                         r.reject("teacher:below_cut", f"score {score:.4f} < cut {cut:.4f}")
             self._write_rejected(s, "teacher", records)
@@ -320,13 +327,12 @@ class Curation:
             t0 = time.perf_counter()
             (self.work / "c").mkdir(parents=True, exist_ok=True)
             removed = dedup["removed"]
-            survivors = {s.name: phase_a[s.name]["kept"] - sum(1 for g in removed if s.gid_start <= int(g) <
-                                                                 s.gid_start + s.stop - s.start)
-                         for s in self.shards}
+            removed_in: dict[str, dict] = {s.name: {} for s in self.shards}
+            for g, v in removed.items():
+                removed_in[self._shard_of(int(g)).name][g] = v
+            survivors = {s.name: phase_a[s.name]["kept"] - len(removed_in[s.name]) for s in self.shards}
             quotas = self._quotas(survivors)
-            jobs = [(s, quotas[s.name], {g: v for g, v in removed.items()
-                                         if s.gid_start <= int(g) < s.gid_start + s.stop - s.start})
-                    for s in self._pending("c")]
+            jobs = [(s, quotas[s.name], removed_in[s.name]) for s in self._pending("c")]
             teacher = self.cfg.stages.teacher
             if teacher.enabled and jobs:
                 _log(f"teacher {teacher.model}: scoring {sum(min(survivors[j[0].name], j[1] or 1 << 62) for j in jobs):,}"
@@ -376,7 +382,7 @@ class Curation:
         teacher = self.cfg.stages.teacher
         scores, baseline = final["scores"], final["baseline"]
         return {
-            "hash": self.hash, "inputs": self.inputs, "output": str(self.out), "rows_in": total,
+            "hash": self.hash, **self.shown, "rows_in": total,
             "kept": final["kept"], "table": table,
             "counters": {k: dict(v) for k, v in counters.items()},
             "dedup": {k: v for k, v in dedup.items() if k != "removed"},
