@@ -60,6 +60,15 @@ def test_language_script_rule(query, reason):
     assert verdicts(LanguageFilter(LanguageConfig(), FIELDS), (query, GOOD_PASSAGE)) == [reason]
 
 
+def test_language_cld2_backend_decides_the_mixed_texts():
+    pytest.importorskip("pycld2", reason="optional: pip install pycld2")
+    stage = LanguageFilter(LanguageConfig(backend="cld2"), FIELDS)
+    got = verdicts(stage, ("什么是Medicare QMB？", GOOD_PASSAGE), ("Obamacare覆盖Medigap？", GOOD_PASSAGE),
+                   ("What is term life insurance?", GOOD_PASSAGE))
+    assert got == [None, None, "language:not_zh"]
+    assert "cld2 says not Chinese" in stage.run(records(("What is term life insurance?", GOOD_PASSAGE)))[0].detail
+
+
 @pytest.mark.parametrize("passage, reason", [
     ("短", "heuristics:too_short"),
     ("价格表：" + "12345 67890 " * 6, "heuristics:digit_ratio"),
