@@ -65,6 +65,19 @@ def cmd_curate(args) -> None:
     print(format_stats(stats))
 
 
+def cmd_serve(args) -> None:
+    from conan_embed.serving import ServeSettings, serve
+
+    api_key = args.api_key or os.environ.get("CONAN_EMBED_API_KEY") or None
+    settings = ServeSettings(model=args.model, model_id=args.model_id, api_key=api_key, max_inputs=args.max_inputs,
+                             max_body_bytes=args.max_body_mb * 2**20, max_queue=args.max_queue,
+                             max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+                             truncate=not args.reject_long, device=args.device, precision=args.precision)
+    print(f"serving {args.model} on http://{args.host}:{args.port}/v1/embeddings"
+          f"{' (API key required)' if api_key else ''}", flush=True)
+    serve(settings, host=args.host, port=args.port)
+
+
 def _recipe(args):
     from conan_embed.training.config import load_recipe
 
@@ -153,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="model prompt to prepend: query or document (default: none)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("serve", help="serve a model behind the OpenAI embeddings API (docs/serving.md)")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $CONAN_EMBED_API_KEY, else none)")
+    p.add_argument("--model-id", help="the model name reported by /v1/models and in responses (default: folder name)")
+    p.add_argument("--max-inputs", type=int, default=2048, help="texts per request (default: %(default)s)")
+    p.add_argument("--max-body-mb", type=int, default=8, help="request body limit in MiB (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="texts waiting for a forward pass before requests get 429 (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="padded tokens per forward pass (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a forward pass waits for more texts (default: %(default)s)")
+    p.add_argument("--reject-long", action="store_true",
+                   help="answer 400 for texts over the model's length limit (default: truncate them)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.set_defaults(func=cmd_serve)
 
     for stage, what in (("pretrain", "weak-pair InfoNCE with in-batch negatives"),
                         ("finetune", "retrieval with hard negatives + STS, Matryoshka")):

@@ -1,0 +1,149 @@
+"""Dynamic batching: texts from many requests share forward passes, grouped by a token budget.
+
+Pure scheduling logic (no model, no web framework) so that it can be tested directly:
+
+* `plan_batches` sorts pending texts by (prompt group, length) and cuts them into sub-batches whose
+  *padded* size (longest x count) stays within the token budget: similar lengths share a batch, so
+  little compute goes to padding;
+* `DynamicBatcher` holds a bounded queue (backpressure: a request that doesn't fit is refused at
+  once, never parked), wakes on new work, waits a few milliseconds for more to arrive, takes the
+  oldest texts first (FIFO between requests: a long request can't starve a short one forever), and
+  runs each sub-batch in one inference thread so the event loop keeps answering. A failed batch fails
+  only its own texts' futures; a cancelled request's texts are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The bounded queue has no room for a request's texts: answer 429 with Retry-After."""
+
+
+@dataclass
+class PendingText:
+    ids: np.ndarray  # the token ids (special tokens included, truncated), unpadded
+    group: str  # texts of different groups (prompts) never share a forward pass
+    future: asyncio.Future = field(repr=False)
+    enqueued: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int) -> list[list[int]]:
+    """Indexes cut into sub-batches: sorted by (group, length), each padded size <= the budget
+    (a single text longer than the budget gets a batch of its own).
+
+    >>> plan_batches([5, 100, 6, 98, 7], ["q"] * 5, 300)
+    [[0, 2, 4], [3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        grow = max(longest, lengths[i])
+        if current and (groups[i] != groups[current[0]] or grow * (len(current) + 1) > max_batch_tokens):
+            batches.append(current)
+            current, grow = [], lengths[i]
+        current.append(i)
+        longest = grow
+    if current:
+        batches.append(current)
+    return batches
+
+
+class DynamicBatcher:
+    """Collects `PendingText`s, runs `infer(list[PendingText]) -> (n, d) array` on sub-batches in one
+    worker thread, and resolves each text's future with its row."""
+
+    def __init__(self, infer: Callable[[list[PendingText]], np.ndarray], *, max_batch_tokens: int = 8192,
+                 max_queue: int = 1024, max_wait_s: float = 0.002, on_batch: Callable | None = None):
+        self.infer, self.max_batch_tokens, self.max_queue = infer, max_batch_tokens, max_queue
+        self.max_wait_s, self.on_batch = max_wait_s, on_batch
+        self.pending: deque[PendingText] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="conan-embed-infer")
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, ids: list[np.ndarray], group: str) -> list[asyncio.Future]:
+        """Queue one request's texts (all or none); raises QueueFull when they don't fit."""
+        if len(self.pending) + len(ids) > self.max_queue:
+            raise QueueFull(f"{len(self.pending)} texts queued, room for {self.max_queue - len(self.pending)}")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        items = [PendingText(x, group, loop.create_future(), now) for x in ids]
+        self.pending.extend(items)
+        self._wake.set()
+        return [item.future for item in items]
+
+    def _take(self) -> list[PendingText]:
+        """The oldest pending texts, up to one budget of real (unpadded) tokens."""
+        taken, tokens = [], 0
+        while self.pending:
+            item = self.pending[0]
+            if item.future.done():  # the request was cancelled (client gone)
+                self.pending.popleft()
+                continue
+            if taken and tokens + item.tokens > self.max_batch_tokens:
+                break
+            taken.append(self.pending.popleft())
+            tokens += item.tokens
+        return taken
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if sum(p.tokens for p in self.pending) < self.max_batch_tokens and self.max_wait_s > 0:
+                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this batch
+            while self.pending:
+                taken = self._take()
+                if not taken:
+                    break
+                plan = plan_batches([t.tokens for t in taken], [t.group for t in taken], self.max_batch_tokens)
+                for idx in plan:
+                    batch = [taken[i] for i in idx if not taken[i].future.done()]
+                    if not batch:
+                        continue
+                    started = time.perf_counter()
+                    try:
+                        rows = await loop.run_in_executor(self._pool, self.infer, batch)
+                    except Exception as exc:  # only this batch's texts fail
+                        for item in batch:
+                            if not item.future.done():
+                                item.future.set_exception(exc)
+                        continue
+                    for item, row in zip(batch, rows):
+                        if not item.future.done():
+                            item.future.set_result(row)
+                    if self.on_batch is not None:
+                        self.on_batch(batch, started, time.perf_counter())

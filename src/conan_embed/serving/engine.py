@@ -1,0 +1,142 @@
+"""The embedding engine behind the server: a sentence-transformers model, tokenisation off the event
+loop, and the dynamic batcher.
+
+Texts take the same path as `SentenceTransformer.encode`: `model.preprocess(texts, prompt=...)`
+(the model's own tokenizer, prompt handling and length cap), the model's forward pass, then the
+Matryoshka cut and L2 normalisation; only the batching differs (texts of many requests share a padded
+batch), so the vectors equal in-process `encode` up to float rounding (tested within 1e-5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+import numpy as np
+
+from conan_embed.serving.batching import DynamicBatcher, PendingText
+from conan_embed.serving.metrics import ServerMetrics
+
+
+class TooLong(ValueError):
+    """A text exceeds the model's length limit and the request asked not to truncate."""
+
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"input[{index}] has {tokens} tokens, over the model's limit of {limit} "
+                         f"(send truncate: true, or shorten it)")
+        self.index = index
+
+
+class EmbeddingEngine:
+    def __init__(self, model_path: str, *, device: str | None = None, precision: str = "fp32",
+                 max_batch_tokens: int = 8192, max_queue: int = 1024, max_wait_ms: float = 2.0,
+                 tokenizer_threads: int = 2, metrics: ServerMetrics | None = None):
+        self.model_path, self.device, self.precision = model_path, device, precision
+        self.metrics = metrics or ServerMetrics()
+        self.model = None
+        self.dims: tuple[int, ...] = ()
+        self.batcher = DynamicBatcher(self._infer, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+                                      max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch)
+        self._tokenizers = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="conan-embed-tok")
+
+    # -- loading -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Blocking: load the model (the server answers 503 until this returns)."""
+        from conan_embed.modeling import load_embedder
+
+        model = load_embedder(self.model_path, device=self.device)
+        model.eval()
+        full = model.get_embedding_dimension()
+        self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))
+        self.model = model
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    @property
+    def max_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def prompt(self, input_type: str | None) -> str | None:
+        """The prompt text for an input type: 'query', 'passage' (the model's passage or document
+        prompt), 'none', or None = what `encode` does by default (the model's default prompt)."""
+        prompts = self.model.prompts or {}
+        if input_type is None:
+            name = self.model.default_prompt_name
+            return prompts.get(name) if name else None
+        if input_type == "none":
+            return None
+        if input_type == "query":
+            return prompts.get("query")
+        return prompts.get("passage", prompts.get("document"))
+
+    # -- per request ------------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str], prompt: str | None, truncate: bool) -> list[np.ndarray]:
+        features = self.model.preprocess(texts, prompt=prompt)
+        ids, mask = features["input_ids"].numpy(), features["attention_mask"].numpy().astype(bool)
+        rows = [ids[i][mask[i]] for i in range(len(texts))]
+        if not truncate:
+            limit = self.max_length
+            for i, row in enumerate(rows):
+                if len(row) >= limit:  # at the cap: check the untruncated length
+                    full = len(self.model.tokenizer((prompt or "") + texts[i], truncation=False)["input_ids"])
+                    if full > limit:
+                        raise TooLong(i, full, limit)
+        return rows
+
+    async def embed(self, texts: list[str], *, input_type: str | None = None,
+                    truncate: bool = True) -> tuple[np.ndarray, list[int]]:
+        """Full-size float32 embeddings (not normalised) and the token count of each text."""
+        loop = asyncio.get_running_loop()
+        prompt = self.prompt(input_type)
+        t0 = time.perf_counter()
+        ids = await loop.run_in_executor(self._tokenizers, self._tokenize, texts, prompt, truncate)
+        self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
+        futures = self.batcher.submit(ids, prompt or "")
+        self.metrics.queue_size.set(self.batcher.queued)
+        try:
+            rows = await asyncio.gather(*futures)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return np.stack(rows), [len(x) for x in ids]
+
+    # -- per batch (inference thread) ------------------------------------------------------------------
+    def _infer(self, batch: list[PendingText]) -> np.ndarray:
+        import torch
+
+        model = self.model
+        longest = max(p.tokens for p in batch)
+        pad = model.tokenizer.pad_token_id or 0
+        input_ids = np.full((len(batch), longest), pad, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        for i, p in enumerate(batch):
+            input_ids[i, : p.tokens] = p.ids
+            mask[i, : p.tokens] = 1
+        features = {"input_ids": torch.from_numpy(input_ids).to(model.device),
+                    "attention_mask": torch.from_numpy(mask).to(model.device)}
+        bf16 = self.precision == "bf16"
+        autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with torch.inference_mode(), autocast:
+            out = model.forward(features)["sentence_embedding"]
+        return out.float().cpu().numpy()
+
+    def _observe_batch(self, batch: list[PendingText], started: float, ended: float) -> None:
+        m = self.metrics
+        m.batch_size.observe(len(batch))
+        m.batch_tokens.observe(len(batch) * max(p.tokens for p in batch))
+        m.stage_seconds.labels("inference").observe(ended - started)
+        for p in batch:
+            m.stage_seconds.labels("queue").observe(started - p.enqueued)
+        m.queue_size.set(self.batcher.queued)
+
+
+def finish_embeddings(emb: np.ndarray, dim: int | None) -> np.ndarray:
+    """Matryoshka: keep the first `dim` values, then renormalise to unit length."""
+    if dim is not None:
+        emb = emb[:, :dim]
+    return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
