@@ -56,3 +56,19 @@ def test_missing_model_folder(tmp_path, capsys):
     code = main(["encode", str(tmp_path / "nomodel"), "--input", str(tmp_path / "t.txt"),
                  "--output", str(tmp_path / "e.npy")])
     assert code == 2 and "nomodel: model folder does not exist" in capsys.readouterr().err
+
+
+def test_encode_streams_large_files_in_chunks(tiny_model, tmp_path):
+    from conan_embed.encode import encode_file
+
+    texts = [f"{t}{i}" for i in range(7) for t in TEXTS]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    shape = encode_file(str(tiny_model), tmp_path / "t.txt", tmp_path / "e.npy", dim=32, chunk_size=4,
+                        show_progress=False)
+    assert shape == (21, 32)
+    expected = load_embedder(tiny_model, truncate_dim=32).encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-5)
+    # a failure after the model loaded leaves neither a half-written .npy nor a temporary file
+    with pytest.raises(Exception, match="no prompt"):
+        encode_file(str(tiny_model), tmp_path / "t.txt", tmp_path / "f.npy", prompt_name="nope", chunk_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "t.txt"]
