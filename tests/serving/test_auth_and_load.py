@@ -98,3 +98,21 @@ def test_a_failing_batch_fails_only_its_request(tiny_model):
         assert bad.status_code == 500 and bad.json()["error"]["code"] == "inference_failed"
         good = httpx.post(s.url + "/v1/embeddings", json={"input": "保险"})
         assert good.status_code == 200 and np.isclose(np.linalg.norm(good.json()["data"][0]["embedding"]), 1)
+
+
+def test_pooling_that_leaves_the_prompt_out(tiny_model, tmp_path):
+    """Instructor-style models pool without the prompt tokens: the server must do as encode does."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_model, device="cpu")
+    model.set_pooling_include_prompt(False)
+    model.save(str(tmp_path / "m"))
+    texts = ["人寿保险的受益人需要缴税吗？", "保险"]
+    with BackgroundServer(ServeSettings(model=str(tmp_path / "m"), device="cpu")) as s:
+        r = httpx.post(s.url + "/v1/embeddings", json={"input": texts, "input_type": "query"}).json()
+    got = np.array([d["embedding"] for d in r["data"]])
+    want = SentenceTransformer(str(tmp_path / "m"), device="cpu").encode(texts, prompt_name="query",
+                                                                        normalize_embeddings=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    plain = SentenceTransformer(tiny_model, device="cpu").encode(texts, prompt_name="query", normalize_embeddings=True)
+    assert not np.allclose(want, plain, atol=1e-3)  # the setting matters for this model

@@ -41,7 +41,7 @@ class ServeSettings:
     truncate: bool = True  # default for texts over the model's length limit (a request may override)
     device: str | None = None
     precision: str = "fp32"
-    tokenizer_threads: int = 2
+    tokenizer_threads: int = 1
 
 
 class APIError(Exception):

@@ -32,14 +32,17 @@ class TooLong(ValueError):
 class EmbeddingEngine:
     def __init__(self, model_path: str, *, device: str | None = None, precision: str = "fp32",
                  max_batch_tokens: int = 8192, max_queue: int = 1024, max_wait_ms: float = 2.0,
-                 tokenizer_threads: int = 2, metrics: ServerMetrics | None = None):
+                 tokenizer_threads: int = 1, metrics: ServerMetrics | None = None):
         self.model_path, self.device, self.precision = model_path, device, precision
         self.metrics = metrics or ServerMetrics()
         self.model = None
         self.dims: tuple[int, ...] = ()
         self.batcher = DynamicBatcher(self._infer, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                                       max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch)
+        # one thread by default: a Rust tokenizer shared by threads can fail with "Already borrowed" when
+        # calls set its truncation/padding concurrently (huggingface/tokenizers#537)
         self._tokenizers = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="conan-embed-tok")
+        self._prompt_lengths: dict[str, int] = {}  # for poolings that leave the prompt out
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -76,6 +79,9 @@ class EmbeddingEngine:
     # -- per request ------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str], prompt: str | None, truncate: bool) -> list[np.ndarray]:
         features = self.model.preprocess(texts, prompt=prompt)
+        if "prompt_length" in features:
+            length = features["prompt_length"]
+            self._prompt_lengths[prompt or ""] = int(length[0] if hasattr(length, "__len__") else length)
         ids, mask = features["input_ids"].numpy(), features["attention_mask"].numpy().astype(bool)
         rows = [ids[i][mask[i]] for i in range(len(texts))]
         if not truncate:
@@ -119,6 +125,8 @@ class EmbeddingEngine:
             mask[i, : p.tokens] = 1
         features = {"input_ids": torch.from_numpy(input_ids).to(model.device),
                     "attention_mask": torch.from_numpy(mask).to(model.device)}
+        if batch[0].group in self._prompt_lengths:  # a sub-batch never mixes prompts
+            features["prompt_length"] = self._prompt_lengths[batch[0].group]
         bf16 = self.precision == "bf16"
         autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         with torch.inference_mode(), autocast:
