@@ -3,8 +3,9 @@
 Pure scheduling logic (no model, no web framework) so that it can be tested directly:
 
 * `plan_batches` sorts pending texts by (prompt group, length) and cuts them into sub-batches whose
-  *padded* size (longest x count) stays within the token budget: similar lengths share a batch, so
-  little compute goes to padding;
+  *padded* size (longest x count) stays within the token budget and whose lengths stay within 1.5x of
+  each other: similar lengths share a batch, so little compute goes to padding (measured: 80 -> 44
+  padded tokens per text on a query/passage mix, docs/benchmarks.md);
 * `DynamicBatcher` holds a bounded queue (backpressure: a request that doesn't fit is refused at
   once, never parked), wakes on new work, waits a few milliseconds for more to arrive, takes the
   oldest texts first (FIFO between requests: a long request can't starve a short one forever), and
@@ -40,9 +41,12 @@ class PendingText:
         return len(self.ids)
 
 
-def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int) -> list[list[int]]:
-    """Indexes cut into sub-batches: sorted by (group, length), each padded size <= the budget
-    (a single text longer than the budget gets a batch of its own).
+def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int, spread: float = 1.5,
+                 slack: int = 16) -> list[list[int]]:
+    """Indexes cut into sub-batches: sorted by (group, length); a batch ends when its padded size would
+    pass the budget, or when the next text is longer than both `spread` x and `slack` tokens over the
+    batch's shortest (padding short texts to a long one costs more than another forward pass). A text
+    longer than the budget gets a batch of its own.
 
     >>> plan_batches([5, 100, 6, 98, 7], ["q"] * 5, 300)
     [[0, 2, 4], [3, 1]]
@@ -50,14 +54,14 @@ def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int) -
     order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for i in order:
-        grow = max(longest, lengths[i])
-        if current and (groups[i] != groups[current[0]] or grow * (len(current) + 1) > max_batch_tokens):
-            batches.append(current)
-            current, grow = [], lengths[i]
+        if current:
+            shortest, n = lengths[current[0]], len(current) + 1
+            if (groups[i] != groups[current[0]] or lengths[i] * n > max_batch_tokens
+                    or lengths[i] > max(spread * shortest, shortest + slack)):
+                batches.append(current)
+                current = []
         current.append(i)
-        longest = grow
     if current:
         batches.append(current)
     return batches
@@ -93,10 +97,14 @@ class DynamicBatcher:
                 pass
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def check_room(self, texts: int) -> None:
+        """Refuse early (before tokenising) when a request's texts can't fit right now."""
+        if len(self.pending) + texts > self.max_queue:
+            raise QueueFull(f"{len(self.pending)} texts queued, room for {self.max_queue - len(self.pending)}")
+
     def submit(self, ids: list[np.ndarray], group: str) -> list[asyncio.Future]:
         """Queue one request's texts (all or none); raises QueueFull when they don't fit."""
-        if len(self.pending) + len(ids) > self.max_queue:
-            raise QueueFull(f"{len(self.pending)} texts queued, room for {self.max_queue - len(self.pending)}")
+        self.check_room(len(ids))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         items = [PendingText(x, group, loop.create_future(), now) for x in ids]

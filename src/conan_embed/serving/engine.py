@@ -98,6 +98,7 @@ class EmbeddingEngine:
         """Full-size float32 embeddings (not normalised) and the token count of each text."""
         loop = asyncio.get_running_loop()
         prompt = self.prompt(input_type)
+        self.batcher.check_room(len(texts))  # a request bound for 429 shouldn't wait for the tokenizer first
         t0 = time.perf_counter()
         ids = await loop.run_in_executor(self._tokenizers, self._tokenize, texts, prompt, truncate)
         self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
