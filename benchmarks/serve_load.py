@@ -40,7 +40,7 @@ baseline uses the same count in this process. --threads N sets both (OMP_NUM_THR
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python benchmarks/serve_load.py \
         [--model e5-small|tiny|PATH] [--levels 1,8,32,128] [--requests 256] [--duration 60] [--repeats 3] \
         [--batch-size 32] [--passage-share 0.3] [--overload-queue 64] [--overload-factor 2] \
-        [--overload-duration 20] [--timeout 30] [--precision fp32] [--threads N] [--seed 0]
+        [--overload-duration 20] [--timeout 30] [--precision fp32] [--device cpu] [--threads N] [--seed 0]
 
 Smoke run: `--model tiny --requests 64 --levels 1,8,32 --repeats 1 --overload-duration 5`.
 """
@@ -161,7 +161,7 @@ class ServerProcess:
     pipe, which would block the server once full)."""
 
     def __init__(self, model: str, log: Path, *, max_queue: int, max_batch_tokens: int, precision: str,
-                 threads: int | None):
+                 threads: int | None, device: str = "cpu"):
         from conan_embed.serving.local import free_port
 
         self.port = free_port()
@@ -169,7 +169,7 @@ class ServerProcess:
         exe = Path(sys.executable).with_name("conan-embed")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "conan_embed.cli"]
         cmd += ["serve", model, "--port", str(self.port), "--max-queue", str(max_queue),
-                "--max-batch-tokens", str(max_batch_tokens), "--precision", precision, "--device", "cpu"]
+                "--max-batch-tokens", str(max_batch_tokens), "--precision", precision, "--device", device]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -341,16 +341,17 @@ def run_level(server: ServerProcess, reqs, concurrency, args, dim, name) -> Leve
 
 # -- the in-process baseline -----------------------------------------------------------------------------
 class Baseline:
-    def __init__(self, path: str, precision: str, batch_size: int):
+    def __init__(self, path: str, precision: str, batch_size: int, device: str = "cpu"):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(path, device="cpu")
+        self.model = SentenceTransformer(path, device=device)
         self.model.eval()
         self.batch_size, self.precision = batch_size, precision
         self.shapes: list[tuple[int, int]] = []
         self.model[0].register_forward_pre_hook(lambda mod, inp: self.shapes.append(tuple(inp[0]["input_ids"].shape)))
-        self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else None
+        self.autocast = (lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16)) if precision == "bf16" \
+            else None
         prompts = self.model.prompts or {}
         self.prompt_names = {"query": "query" if "query" in prompts else None,
                              "passage": next((p for p in ("passage", "document") if p in prompts), None)}
@@ -395,6 +396,7 @@ def main() -> None:
     parser.add_argument("--no-overload", action="store_true")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--device", default="cpu", help="the server's and the baseline's device (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server and the baseline")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -413,7 +415,7 @@ def main() -> None:
     server = None
     try:
         path = prepare_model(args, reqs, tmp)
-        baseline = Baseline(path, args.precision, args.batch_size)
+        baseline = Baseline(path, args.precision, args.batch_size, args.device)
         tok = baseline.model.tokenizer
         cap = baseline.model.max_seq_length
         lens = {k: [min(cap, len(tok((baseline.model.prompts.get(baseline.prompt_names[k]) or "") + t)["input_ids"]))
@@ -427,7 +429,7 @@ def main() -> None:
               f"p90 {pct(lens['passage'], 90)}); {n_texts} texts, {sum(map(sum, lens.values()))} tokens")
 
         server = ServerProcess(path, tmp / "server.log", max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                               precision=args.precision, threads=args.threads)
+                               precision=args.precision, threads=args.threads, device=args.device)
         health = server.wait_ready()
         dim = max(health["dimensions"])
         print(f"server {' '.join(server.cmd[1:])} ready (dim {dim})")
@@ -474,7 +476,7 @@ def main() -> None:
             server.stop()
             server = ServerProcess(path, tmp / "overload.log", max_queue=args.overload_queue,
                                    max_batch_tokens=args.max_batch_tokens, precision=args.precision,
-                                   threads=args.threads)
+                                   threads=args.threads, device=args.device)
             server.wait_ready()
             asyncio.run(closed_loop(server.url, reqs[:16], 8, 60, args.timeout, dim, "warm-up"))
             capacity = statistics.median(x.requests_per_s for x in results[ratio_level])

@@ -107,7 +107,7 @@ def test_oversized_body_is_413(server):
 def test_models_health_metrics(client, server):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     health = httpx.get(server.url + "/health").json()
-    assert health["status"] == "ok" and health["dimensions"] == [16, 32, 48]
+    assert health["status"] == "ok" and health["dimensions"] == [16, 32, 48] and health["pass_overhead_tokens"] >= 8
     text = httpx.get(server.url + "/metrics").text
     for name in ("conan_embed_requests_total", "conan_embed_queue_texts", "conan_embed_batch_texts_bucket",
                  "conan_embed_tokens_total", 'conan_embed_stage_seconds_bucket{le="0.001",stage="inference"}',

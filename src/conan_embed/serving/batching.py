@@ -3,9 +3,10 @@
 Pure scheduling logic (no model, no web framework) so that it can be tested directly:
 
 * `plan_batches` sorts pending texts by (prompt group, length) and cuts them into sub-batches whose
-  *padded* size (longest x count) stays within the token budget and whose lengths stay within 1.5x of
-  each other: similar lengths share a batch, so little compute goes to padding (measured: 80 -> 44
-  padded tokens per text on a query/passage mix, docs/benchmarks.md);
+  *padded* size (longest x count) stays within the token budget, and starts a new one where padding
+  would cost more than another forward pass (the engine measures that cost when it loads): on a CPU
+  similar lengths share a batch (80 -> 44 padded tokens per text on a query/passage mix), on a GPU,
+  where a pass's fixed cost dominates, batches stay large (docs/benchmarks.md);
 * `DynamicBatcher` holds a bounded queue (backpressure: a request that doesn't fit is refused at
   once, never parked), wakes on new work, waits a few milliseconds for more to arrive, takes the
   oldest texts first (FIFO between requests: a long request can't starve a short one forever), and
@@ -41,12 +42,13 @@ class PendingText:
         return len(self.ids)
 
 
-def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int, spread: float = 1.5,
-                 slack: int = 16) -> list[list[int]]:
+def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int,
+                 pass_overhead_tokens: int = 16) -> list[list[int]]:
     """Indexes cut into sub-batches: sorted by (group, length); a batch ends when its padded size would
-    pass the budget, or when the next text is longer than both `spread` x and `slack` tokens over the
-    batch's shortest (padding short texts to a long one costs more than another forward pass). A text
-    longer than the budget gets a batch of its own.
+    pass the budget, or when adding the next text would pad the texts already in it by more tokens than
+    a forward pass of its own costs (`pass_overhead_tokens`: the fixed cost of a pass, in tokens of
+    compute; small on a CPU, thousands on a GPU, where launches dominate). A text longer than the
+    budget gets a batch of its own.
 
     >>> plan_batches([5, 100, 6, 98, 7], ["q"] * 5, 300)
     [[0, 2, 4], [3, 1]]
@@ -56,9 +58,9 @@ def plan_batches(lengths: list[int], groups: list[str], max_batch_tokens: int, s
     current: list[int] = []
     for i in order:
         if current:
-            shortest, n = lengths[current[0]], len(current) + 1
-            if (groups[i] != groups[current[0]] or lengths[i] * n > max_batch_tokens
-                    or lengths[i] > max(spread * shortest, shortest + slack)):
+            longest, n = lengths[current[-1]], len(current)
+            if (groups[i] != groups[current[0]] or lengths[i] * (n + 1) > max_batch_tokens
+                    or n * (lengths[i] - longest) > pass_overhead_tokens):
                 batches.append(current)
                 current = []
         current.append(i)
@@ -72,8 +74,10 @@ class DynamicBatcher:
     worker thread, and resolves each text's future with its row."""
 
     def __init__(self, infer: Callable[[list[PendingText]], np.ndarray], *, max_batch_tokens: int = 8192,
-                 max_queue: int = 1024, max_wait_s: float = 0.002, on_batch: Callable | None = None):
+                 max_queue: int = 1024, max_wait_s: float = 0.002, on_batch: Callable | None = None,
+                 pass_overhead_tokens: int = 16):
         self.infer, self.max_batch_tokens, self.max_queue = infer, max_batch_tokens, max_queue
+        self.pass_overhead_tokens = pass_overhead_tokens
         self.max_wait_s, self.on_batch = max_wait_s, on_batch
         self.pending: deque[PendingText] = deque()
         self._wake: asyncio.Event | None = None
@@ -137,7 +141,8 @@ class DynamicBatcher:
                 taken = self._take()
                 if not taken:
                     break
-                plan = plan_batches([t.tokens for t in taken], [t.group for t in taken], self.max_batch_tokens)
+                plan = plan_batches([t.tokens for t in taken], [t.group for t in taken], self.max_batch_tokens,
+                                    self.pass_overhead_tokens)
                 for idx in plan:
                     batch = [taken[i] for i in idx if not taken[i].future.done()]
                     if not batch:

@@ -32,7 +32,8 @@ class TooLong(ValueError):
 class EmbeddingEngine:
     def __init__(self, model_path: str, *, device: str | None = None, precision: str = "fp32",
                  max_batch_tokens: int = 8192, max_queue: int = 1024, max_wait_ms: float = 2.0,
-                 tokenizer_threads: int = 1, metrics: ServerMetrics | None = None):
+                 tokenizer_threads: int = 1, pass_overhead_tokens: int | None = None,
+                 metrics: ServerMetrics | None = None):
         self.model_path, self.device, self.precision = model_path, device, precision
         self.metrics = metrics or ServerMetrics()
         self.model = None
@@ -43,6 +44,7 @@ class EmbeddingEngine:
         # calls set its truncation/padding concurrently (huggingface/tokenizers#537)
         self._tokenizers = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="conan-embed-tok")
         self._prompt_lengths: dict[str, int] = {}  # for poolings that leave the prompt out
+        self.pass_overhead_tokens = pass_overhead_tokens  # None: measured at load
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -54,6 +56,30 @@ class EmbeddingEngine:
         full = model.get_embedding_dimension()
         self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))
         self.model = model
+        if self.pass_overhead_tokens is None:
+            self.pass_overhead_tokens = self._measure_pass_overhead()
+        self.batcher.pass_overhead_tokens = self.pass_overhead_tokens
+
+    def _measure_pass_overhead(self, repeats: int = 3) -> int:
+        """The fixed cost of one forward pass in tokens of compute: time a 1 x 8 and an 8 x 64 pass,
+        fit time = overhead + tokens x per_token, return overhead / per_token (clamped to [8, 65536])."""
+        import statistics
+
+        pad = self.model.tokenizer.pad_token_id or 0
+        ids = [max(pad + 1, 5)] * 64
+
+        def timed(n: int, length: int) -> float:
+            batch = [PendingText(np.array(ids[:length]), "", None) for _ in range(n)]
+            runs = []
+            for _ in range(repeats + 1):
+                t0 = time.perf_counter()
+                self._infer(batch)
+                runs.append(time.perf_counter() - t0)
+            return statistics.median(runs[1:])  # the first run warms up
+
+        small, big = timed(1, 8), timed(8, 64)
+        per_token = max((big - small) / (8 * 64 - 8), 1e-9)
+        return int(min(max((small - 8 * per_token) / per_token, 8), 65536))
 
     @property
     def ready(self) -> bool:
