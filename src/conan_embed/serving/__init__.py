@@ -11,4 +11,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8080, lo
     """Run the service until interrupted (uvicorn, one process: the model lives once in memory)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    # keep-alive longer than clients' pool idle times: a connection closed by the server just as a client
+    # reuses it is a "lost" request to that client (seen as ReadError under load)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                timeout_keep_alive=75)
