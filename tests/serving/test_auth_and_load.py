@@ -54,6 +54,10 @@ def test_503_while_loading_then_serves(tiny_model):
         r = httpx.post(s.url + "/v1/embeddings", json={"input": "保险"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading" and r.headers["retry-after"]
         assert httpx.get(s.url + "/health").json()["status"] == "loading"
+        openai = pytest.importorskip("openai")
+        with pytest.raises(openai.InternalServerError) as err:
+            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0).embeddings.create(model="m", input="保险")
+        assert err.value.status_code == 503
         engine.load_gate.set()
         for _ in range(400):
             if httpx.get(s.url + "/health").json()["status"] == "ok":
@@ -86,6 +90,21 @@ def test_queue_full_is_429_and_nothing_is_lost(tiny_model):
                 assert len(r.json()["data"]) == 2
         metrics = httpx.get(s.url + "/metrics").text
         assert 'conan_embed_failures_total{code="queue_full"}' in metrics
+        # the openai client sees a 429 as RateLimitError
+        openai = pytest.importorskip("openai")
+        engine.infer_gate.clear()
+        # one request held in a blocked forward pass, one filling the queue behind it
+        blockers = [threading.Thread(target=lambda: httpx.post(s.url + "/v1/embeddings", json={"input": ["保险"] * 4},
+                                                               timeout=60)) for _ in range(2)]
+        for b in blockers:
+            b.start()
+            threading.Event().wait(0.5)
+        with pytest.raises(openai.RateLimitError) as err:
+            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0).embeddings.create(model="m", input="保险")
+        assert err.value.response.headers["retry-after"] == "1"
+        engine.infer_gate.set()
+        for b in blockers:
+            b.join(30)
 
 
 def test_a_failing_batch_fails_only_its_request(tiny_model):

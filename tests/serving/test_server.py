@@ -113,3 +113,16 @@ def test_models_health_metrics(client, server):
                  "conan_embed_tokens_total", 'conan_embed_stage_seconds_bucket{le="0.001",stage="inference"}',
                  'stage="tokenize"', 'stage="queue"', 'stage="request"', "conan_embed_failures_total"):
         assert name in text, name
+
+
+def test_the_openai_client_raises_its_own_errors(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="tiny", input="保险", dimensions=20)
+    assert err.value.status_code == 400 and "Matryoshka" in err.value.message and err.value.param == "dimensions"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="tiny", input=[""])
+    with pytest.raises(openai.APIStatusError) as err:
+        client.embeddings.create(model="tiny", input=["保险" * 3000] * 10)
+    assert err.value.status_code == 413

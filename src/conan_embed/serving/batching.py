@@ -75,7 +75,7 @@ class DynamicBatcher:
 
     def __init__(self, infer: Callable[[list[PendingText]], np.ndarray], *, max_batch_tokens: int = 8192,
                  max_queue: int = 1024, max_wait_s: float = 0.002, on_batch: Callable | None = None,
-                 pass_overhead_tokens: int = 16):
+                 pass_overhead_tokens: int | None = 16):
         self.infer, self.max_batch_tokens, self.max_queue = infer, max_batch_tokens, max_queue
         self.pass_overhead_tokens = pass_overhead_tokens
         self.max_wait_s, self.on_batch = max_wait_s, on_batch

@@ -39,7 +39,8 @@ class EmbeddingEngine:
         self.model = None
         self.dims: tuple[int, ...] = ()
         self.batcher = DynamicBatcher(self._infer, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
-                                      max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch)
+                                      max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch,
+                                      pass_overhead_tokens=None)
         # one thread by default: a Rust tokenizer shared by threads can fail with "Already borrowed" when
         # calls set its truncation/padding concurrently (huggingface/tokenizers#537)
         self._tokenizers = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="conan-embed-tok")
@@ -82,8 +83,8 @@ class EmbeddingEngine:
         return int(min(max((small - 8 * per_token) / per_token, 8), 65536))
 
     @property
-    def ready(self) -> bool:
-        return self.model is not None
+    def ready(self) -> bool:  # loaded and calibrated: requests never race the calibration passes
+        return self.model is not None and self.batcher.pass_overhead_tokens is not None
 
     @property
     def max_length(self) -> int:
