@@ -107,6 +107,11 @@ async def _send_error(send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _is_token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                           for x in value)
+
+
 def parse_request(body, engine: EmbeddingEngine, settings: ServeSettings) -> dict:
     """The embeddings request, checked; raises APIError(400) naming the offending param."""
     if not isinstance(body, dict):
@@ -116,14 +121,14 @@ def parse_request(body, engine: EmbeddingEngine, settings: ServeSettings) -> dic
         raise APIError(400, "'input' is required: a string or an array of strings", param="input")
     if isinstance(raw, str):
         texts = [raw]
-    elif isinstance(raw, list) and raw and all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+    elif _is_token_ids(raw):
         texts = [_decode_ids(raw, engine, 0)]
     elif isinstance(raw, list):
         texts = []
         for i, item in enumerate(raw):
             if isinstance(item, str):
                 texts.append(item)
-            elif isinstance(item, list) and item and all(isinstance(x, int) and not isinstance(x, bool) for x in item):
+            elif _is_token_ids(item):
                 texts.append(_decode_ids(item, engine, i))
             else:
                 raise APIError(400, f"input[{i}] must be a string or an array of token ids, got "
