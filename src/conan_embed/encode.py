@@ -42,13 +42,6 @@ def iter_texts(path: str | Path, field: str = "text") -> Iterator[str]:
         yield value
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    texts = list(iter_texts(path, field))
-    if not texts:
-        raise InputError("no texts to encode", path=path)
-    return texts
-
-
 def encode_texts(model, texts: list[str], *, dim: int | None = None, prompt_name: str | None = None,
                  batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings, truncated to `dim` first (Matryoshka) if given."""

@@ -8,11 +8,9 @@ key and the file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
@@ -106,10 +104,3 @@ def set_override(data: dict, assignment: str, source=None) -> None:
         if not isinstance(node, dict):
             raise InputError(f"--set {key}: {part!r} is not a mapping", path=source, field=key)
     node[parts[-1]] = yaml.safe_load(raw)
-
-
-
-def config_hash(obj: Any) -> str:
-    """A short stable hash of a (dataclass) config, stored in checkpoints to refuse a mismatched resume."""
-    blob = json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -188,47 +188,10 @@ def read_shard(shard: Shard, fields: dict[str, str]) -> list[Record]:
     return records
 
 
-def _arrow_table(rows: list[dict]):
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # a column with mixed types (ids that are ints in one file, strings in another): JSON-encode it
-        mixed = {k for k in {k for r in rows for k in r}
-                 if len({type(r[k]) for r in rows if r.get(k) is not None}) > 1}
-        return pa.Table.from_pylist([{k: (json.dumps(v, ensure_ascii=False) if k in mixed and v is not None
-                                          else v) for k, v in r.items()} for r in rows])
-
-
-def write_rows(path: Path, rows: list[dict]) -> int:
-    """JSONL or Parquet by extension, via a temporary file: a crash never leaves half a shard."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(_arrow_table(rows), tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(rows)
-
-
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[str], list[int]]:

@@ -31,9 +31,10 @@ import numpy as np
 from conan_embed.curate.config import CurateConfig
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.executors import make_executor
-from conan_embed.curate.io import Shard, plan_shards, read_jsonl, read_shard, write_json, write_rows
+from conan_embed.curate.io import Shard, plan_shards, read_shard, write_json
 from conan_embed.curate.records import Record
 from conan_embed.curate.teacher import TeacherScorer, histogram, score_cut
+from conan_embed.data.records import read_records, write_records
 from conan_embed.errors import InputError
 
 TABLE_STAGES = ("read", "normalize", "language", "heuristics", "safety", "quality", "dedup", "sample", "teacher")
@@ -139,7 +140,7 @@ class Curation:
         rows = [r.to_rejected_row() for r in records if r.reason is not None]
         path = self._rejected_file(shard, phase)
         if rows:
-            write_rows(path, rows)
+            write_records(path, rows)
         else:
             path.unlink(missing_ok=True)
 
@@ -150,7 +151,7 @@ class Curation:
             records = stage.run(records)
         live = [r for r in records if r.reason is None]
         self._write_rejected(shard, "a", records)
-        write_rows(self.work / "a" / f"{shard.name}.jsonl", [r.to_work() for r in live])
+        write_records(self.work / "a" / f"{shard.name}.jsonl", [r.to_work() for r in live])
         if self.dedup is not None:
             arrays = self.dedup.prepare(live)
             np.save(self.work / "a" / f"{shard.name}.sig.npy", arrays.pop("sig"))  # memory-mapped later
@@ -175,7 +176,7 @@ class Curation:
         """The phase-A survivors with these gids, reading only the shards that hold them."""
         found = {}
         for s in {self._shard_of(g).index: self._shard_of(g) for g in gids}.values():
-            for data in read_jsonl(self.work / "a" / f"{s.name}.jsonl"):
+            for data in read_records(self.work / "a" / f"{s.name}.jsonl"):
                 if data["gid"] in gids:
                     found[data["gid"]] = Record.from_work(data)
         return found
@@ -255,7 +256,7 @@ class Curation:
 
     def score_phase(self, scorer: TeacherScorer | None, job: tuple) -> dict:
         shard, quota, removed = job
-        records = [Record.from_work(d) for d in read_jsonl(self.work / "a" / f"{shard.name}.jsonl")]
+        records = [Record.from_work(d) for d in read_records(self.work / "a" / f"{shard.name}.jsonl")]
         for r in records:
             if str(r.gid) in removed:
                 rule, ref = removed[str(r.gid)]
@@ -269,7 +270,7 @@ class Curation:
         if scorer is not None and records:
             q, p = self.cfg.fields["query"], self.cfg.fields["passage"]
             scores, baseline = scorer.score([r.row[q] for r in records], [r.row[p] for r in records])
-        write_rows(self.work / "c" / f"{shard.name}.jsonl", [r.to_work() for r in records])
+        write_records(self.work / "c" / f"{shard.name}.jsonl", [r.to_work() for r in records])
         np.savez(self.work / "c" / f"{shard.name}.npz", scores=scores, baseline=baseline)
         done = {"rows": len(records)}
         write_json(self._marker("c", shard), done)
@@ -287,7 +288,7 @@ class Curation:
         cut = score_cut(scores, teacher) if use_teacher else None
         kept_total = 0
         for s in self.shards:
-            records = [Record.from_work(d) for d in read_jsonl(self.work / "c" / f"{s.name}.jsonl")]
+            records = [Record.from_work(d) for d in read_records(self.work / "c" / f"{s.name}.jsonl")]
             shard_scores = loaded[s.name]["scores"]
             for r, score in zip(records, shard_scores.tolist() if use_teacher else [None] * len(records)):
                 if score is not None:
@@ -296,7 +297,7 @@ class Curation:
                         r.reject("teacher:below_cut", f"score {score:.4f} < cut {cut:.4f}")
             self._write_rejected(s, "teacher", records)
             kept = [r.row for r in records if r.reason is None]
-            kept_total += write_rows(self.out / "kept" / f"{s.name}{self.ext}", kept)
+            kept_total += write_records(self.out / "kept" / f"{s.name}{self.ext}", kept)
         return {"cut": cut, "scores": scores, "baseline": baseline, "kept": kept_total}
 
     # -- the whole run ------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def _read_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    return read_jsonl(path)
+    return read_records(path)
 
 
 def _quantiles(x: np.ndarray) -> dict:

@@ -119,8 +119,22 @@ def read_records(path: str | os.PathLike, kind: str | None = None) -> Iterator[d
             yield validate_record(row, kind, path=path, row_number=i) if kind else row
 
 
+def _arrow_table(rows: list[dict]):
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # a column with mixed types (ids that are ints in one file, strings in another): JSON-encode it
+        mixed = {k for k in {k for r in rows for k in r}
+                 if len({type(r[k]) for r in rows if r.get(k) is not None}) > 1}
+        return pa.Table.from_pylist([{k: (json.dumps(v, ensure_ascii=False) if k in mixed and v is not None
+                                          else v) for k, v in r.items()} for r in rows])
+
+
 def write_records(path: str | os.PathLike, rows: Iterable[dict], kind: str | None = None) -> int:
-    """Write rows as JSONL or Parquet (by extension), atomically; returns the row count."""
+    """Write rows as JSONL or Parquet (by extension), atomically: a crash never leaves half a file;
+    returns the row count. Values JSON can't hold (dates from Parquet inputs, ...) are written as text."""
     path = Path(path)
     fmt = _format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +142,13 @@ def write_records(path: str | os.PathLike, rows: Iterable[dict], kind: str | Non
     rows = [validate_record(r, kind, path=path, row_number=i) if kind else r for i, r in enumerate(rows, 1)]
     try:
         if fmt == "parquet":
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            pq.write_table(_arrow_table(rows), tmp)
         else:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import yaml
 
 from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
 from conan_embed.errors import InputError
-from conan_embed.typed_config import build_dataclass, config_hash, set_override  # noqa: F401  (re-exported)
+from conan_embed.typed_config import build_dataclass, set_override
 
 TASK_KINDS = ("pairs", "retrieval", "sts")
 TEXT_FIELDS = ("query", "passage")
