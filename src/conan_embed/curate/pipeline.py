@@ -225,11 +225,7 @@ class Curation:
         size, total = self.cfg.stages.sample.size, sum(survivors.values())
         if size is None or size >= total:
             return {k: None for k in survivors}
-        exact = {k: size * n / total for k, n in survivors.items()}
-        quota = {k: int(v) for k, v in exact.items()}
-        for k in sorted(exact, key=lambda k: (-(exact[k] - quota[k]), k))[:size - sum(quota.values())]:
-            quota[k] += 1
-        return quota
+        return _apportion(survivors, size)
 
     def _sample(self, records: list[Record], quota: int | None, shard: Shard) -> list[Record]:
         """Marks all but `quota` live records `sample:budget`, stratified by `sample.by`, seeded."""
@@ -241,12 +237,8 @@ class Curation:
         groups: dict[str, list[Record]] = {}
         for r in live:
             groups.setdefault(str(r.row.get(cfg.by)) if cfg.by else "", []).append(r)
-        names = sorted(groups)
-        exact = {g: quota * len(groups[g]) / len(live) for g in names}
-        take = {g: int(exact[g]) for g in names}
-        for g in sorted(names, key=lambda g: (-(exact[g] - take[g]), g))[:quota - sum(take.values())]:
-            take[g] += 1
-        for g in names:
+        take = _apportion({g: len(members) for g, members in groups.items()}, quota)
+        for g in sorted(groups):
             members = groups[g]
             chosen = set(rng.choice(len(members), size=take[g], replace=False).tolist())
             for k, r in enumerate(members):
@@ -265,6 +257,7 @@ class Curation:
         records = [r for r in records if r.reason is None]
         self._sample(records, quota, shard)
         self._write_rejected(shard, "sample", records)
+        sampled_out = sum(r.reason is not None for r in records)
         records = [r for r in records if r.reason is None]
         scores = baseline = np.zeros(0, np.float32)
         if scorer is not None and records:
@@ -272,7 +265,7 @@ class Curation:
             scores, baseline = scorer.score([r.row[q] for r in records], [r.row[p] for r in records])
         write_records(self.work / "c" / f"{shard.name}.jsonl", [r.to_work() for r in records])
         np.savez(self.work / "c" / f"{shard.name}.npz", scores=scores, baseline=baseline)
-        done = {"rows": len(records)}
+        done = {"rows": len(records), "reasons": {"sample:budget": sampled_out} if sampled_out else {}}
         write_json(self._marker("c", shard), done)
         return done
 
@@ -286,7 +279,7 @@ class Curation:
         baseline = np.concatenate([a["baseline"] for a in loaded.values()])
         use_teacher = teacher.enabled
         cut = score_cut(scores, teacher) if use_teacher else None
-        kept_total = 0
+        kept_total, below_cut = 0, 0
         for s in self.shards:
             records = [Record.from_work(d) for d in read_records(self.work / "c" / f"{s.name}.jsonl")]
             shard_scores = loaded[s.name]["scores"]
@@ -295,10 +288,12 @@ class Curation:
                     r.row["score"] = score
                     if cut is not None and score < cut:
                         r.reject("teacher:below_cut", f"score {score:.4f} < cut {cut:.4f}")
+                        below_cut += 1
             self._write_rejected(s, "teacher", records)
             kept = [r.row for r in records if r.reason is None]
             kept_total += write_records(self.out / "kept" / f"{s.name}{self.ext}", kept)
-        return {"cut": cut, "scores": scores, "baseline": baseline, "kept": kept_total}
+        return {"cut": cut, "scores": scores, "baseline": baseline, "kept": kept_total,
+                "reasons": {"teacher:below_cut": below_cut} if below_cut else {}}
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -348,20 +343,17 @@ class Curation:
         t0 = time.perf_counter()
         final = self.finish()
         timings["write_s"] = round(time.perf_counter() - t0, 2)
-        stats = self._stats(phase_a, dedup, final, timings)
+        phase_c = [json.loads(self._marker("c", s).read_text()) for s in self.shards]
+        stats = self._stats(phase_a, phase_c, dedup, final, timings)
         write_json(stats_file, stats)
         return stats
 
-    def _stats(self, phase_a: dict, dedup: dict, final: dict, timings: dict) -> dict:
+    def _stats(self, phase_a: dict, phase_c: list[dict], dedup: dict, final: dict, timings: dict) -> dict:
         reasons: Counter = Counter()
-        for done in phase_a.values():
+        for done in [*phase_a.values(), *phase_c]:
             reasons.update(done["reasons"])
         reasons.update(f"dedup:{rule}" for rule, _ in dedup["removed"].values())
-        for s in self.shards:
-            for phase in ("sample", "teacher"):
-                path = self._rejected_file(s, phase)
-                if path.is_file():
-                    reasons.update(r["reason"] for r in _read_rows(path))
+        reasons.update(final["reasons"])
         total = sum(d["rows"] for d in phase_a.values())
         table, n = [], total
         for stage in TABLE_STAGES:
@@ -396,12 +388,14 @@ class Curation:
         }
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    return read_records(path)
+def _apportion(sizes: dict, total: int) -> dict:
+    """`total` split over the keys in proportion to `sizes`, in integers (largest remainder, ties by key)."""
+    whole = sum(sizes.values())
+    exact = {k: total * n / whole for k, n in sizes.items()}
+    share = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (-(exact[k] - share[k]), k))[:total - sum(share.values())]:
+        share[k] += 1
+    return share
 
 
 def _quantiles(x: np.ndarray) -> dict:
