@@ -75,14 +75,9 @@ class NearDuplicateDetector:
 
 
 def exact_heads(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """For rows with 64-bit key hashes, each row's head: the smallest id with the same hash."""
-    order = np.lexsort((ids, hashes))
-    sh = hashes[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = sh[1:] != sh[:-1]
-    heads = np.empty(len(ids), dtype=np.int64)
-    heads[order] = ids[order][np.flatnonzero(new)][np.cumsum(new) - 1]
-    return heads
+    """For rows with 64-bit key hashes, each row's head: the smallest id with the same hash (a bucket
+    per hash, as LSH does per band key)."""
+    return minhash.cluster_heads(ids, minhash.bucket_edges(hashes, ids))
 
 
 class DedupStage(Stage):
