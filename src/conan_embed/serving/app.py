@@ -305,7 +305,7 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
         if not engine.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok", "model": model_id, "dimensions": list(engine.dims), "max_length": engine.max_length,
-                "queue": engine.batcher.queued, "pass_overhead_tokens": engine.pass_overhead_tokens}
+                "queue": engine.batcher.queued, "pass_overhead_tokens": engine.batcher.pass_overhead_tokens}
 
     @app.get("/metrics")
     async def prometheus():

@@ -40,12 +40,11 @@ class EmbeddingEngine:
         self.dims: tuple[int, ...] = ()
         self.batcher = DynamicBatcher(self._infer, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                                       max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch,
-                                      pass_overhead_tokens=None)
+                                      pass_overhead_tokens=pass_overhead_tokens)  # None: measured at load
         # one thread by default: a Rust tokenizer shared by threads can fail with "Already borrowed" when
         # calls set its truncation/padding concurrently (huggingface/tokenizers#537)
         self._tokenizers = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="conan-embed-tok")
         self._prompt_lengths: dict[str, int] = {}  # for poolings that leave the prompt out
-        self.pass_overhead_tokens = pass_overhead_tokens  # None: measured at load
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -57,9 +56,8 @@ class EmbeddingEngine:
         full = model.get_embedding_dimension()
         self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))
         self.model = model
-        if self.pass_overhead_tokens is None:
-            self.pass_overhead_tokens = self._measure_pass_overhead()
-        self.batcher.pass_overhead_tokens = self.pass_overhead_tokens
+        if self.batcher.pass_overhead_tokens is None:
+            self.batcher.pass_overhead_tokens = self._measure_pass_overhead()
 
     def _measure_pass_overhead(self, repeats: int = 3) -> int:
         """The fixed cost of one forward pass in tokens of compute: time a 1 x 8 and an 8 x 64 pass,
