@@ -9,6 +9,7 @@ import sys
 import yaml
 
 from conan_embed.cli import main
+from conan_embed.training.config import load_recipe
 
 
 def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
@@ -45,6 +46,7 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
     for name in ("loss.png", "recipe.yaml", "pretrain/loss.png", "finetune/log.jsonl", "model/modules.json",
                  "eval/finetune/dim-16/eval.json"):
         assert (run / name).is_file(), name
+    assert load_recipe(run / "recipe.yaml").stages == load_recipe(path).stages  # the recipe as run loads again
 
     # the final model loads with plain sentence-transformers, truncated, without conan_embed
     code = ("import sys; from sentence_transformers import SentenceTransformer;"

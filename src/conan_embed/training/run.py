@@ -125,9 +125,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
                 raise InputError(f"{run_dir} already holds a run (stage {name!r}); pass --resume to continue "
                                  f"it or --overwrite to start again", path=root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = {**asdict(recipe), "source": None}
-    if data.get("curate"):
-        data["curate"].pop("source")
+    # without the loader-set `source` fields (recipe file, curation section), so that it loads again
+    data = asdict(recipe, dict_factory=lambda items: {k: v for k, v in items if k != "source"})
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     timings = {}
 
