@@ -30,6 +30,11 @@ def load_classifier(config: ClassifierConfig, key: str):
     return model
 
 
+def load_classifiers(configs: list[ClassifierConfig], key: str) -> list[tuple[str, object, float]]:
+    """(name, model, threshold) for each configured plug-in; `key` names the config list in errors."""
+    return [(c.name, load_classifier(c, f"{key}[{i}]"), c.threshold) for i, c in enumerate(configs)]
+
+
 class CharNgramClassifier:
     """Character 1-3-gram hashing features + logistic regression, fitted on (texts, 0/1 labels)."""
 

@@ -16,6 +16,7 @@ from conan_embed.curate.config import HeuristicsConfig
 from conan_embed.curate.stage import Filter
 
 _DIGIT = re.compile(r"\d")
+_ASCII_SYMBOLS = frozenset("#*|~^_=<>[]{}\\/@&$")
 
 
 def digit_ratio(text: str) -> float:
@@ -25,8 +26,7 @@ def digit_ratio(text: str) -> float:
 def symbol_ratio(text: str) -> float:
     """Share of symbol characters (Unicode S* categories and ASCII #*|~^_=<>[]{}\\/@&$): not letters,
     digits, spaces or ordinary punctuation."""
-    extra = set("#*|~^_=<>[]{}\\/@&$")
-    n = sum(1 for ch in text if ch in extra or unicodedata.category(ch)[0] == "S")
+    n = sum(1 for ch in text if ch in _ASCII_SYMBOLS or unicodedata.category(ch)[0] == "S")
     return n / max(len(text), 1)
 
 

@@ -29,9 +29,9 @@ def script_profile(text: str) -> tuple[float, float, float]:
     0.6
     """
     han, kana, hangul = len(_HAN.findall(text)), len(_KANA.findall(text)), len(_HANGUL.findall(text))
-    latin_words = len(_LATIN_WORD.findall(text))
+    words = _LATIN_WORD.findall(text)
+    latin_words, latin_letters = len(words), sum(map(len, words))
     letters = len(_LETTER.findall(text))
-    latin_letters = sum(len(w) for w in _LATIN_WORD.findall(text))
     other = max(letters - han - kana - hangul - latin_letters, 0)
     units = han + kana + hangul + latin_words + other
     if not units:

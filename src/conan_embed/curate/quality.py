@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conan_embed.curate.classifiers import CharNgramClassifier, ClassifierFilter, load_classifier
+from conan_embed.curate.classifiers import CharNgramClassifier, ClassifierFilter, load_classifiers
 from conan_embed.curate.config import QualityConfig
 
 _PHONE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
@@ -46,8 +46,7 @@ class QualityFilter(ClassifierFilter):
     `classifier:trained` for the one fitted from `train.file`)."""
 
     def __init__(self, config: QualityConfig, fields: dict[str, str], resolve=Path):
-        classifiers = [(c.name, load_classifier(c, f"stages.quality.classifiers[{i}]"), c.threshold)
-                       for i, c in enumerate(config.classifiers)]
+        classifiers = load_classifiers(config.classifiers, "stages.quality.classifiers")
         if config.train is not None:
             model = CharNgramClassifier.from_file(config.train, resolve(config.train.file), "stages.quality.train")
             classifiers.append(("trained", model, config.train.threshold))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from conan_embed.curate.classifiers import ClassifierFilter, load_classifier
+from conan_embed.curate.classifiers import ClassifierFilter, load_classifiers
 from conan_embed.curate.config import SafetyConfig
 from conan_embed.errors import InputError
 
@@ -60,8 +60,7 @@ class SafetyFilter(ClassifierFilter):
     """Rules: `domain` (the row's URL or a domain named in its text), `keyword`, `classifier:<name>`."""
 
     def __init__(self, config: SafetyConfig, fields: dict[str, str], resolve=Path):
-        classifiers = [(c.name, load_classifier(c, f"stages.safety.classifiers[{i}]"), c.threshold)
-                       for i, c in enumerate(config.classifiers)]
+        classifiers = load_classifiers(config.classifiers, "stages.safety.classifiers")
         super().__init__("safety", classifiers, fields)
         self.config = config
         self.domains = {d.lower().lstrip("*.") for d in read_list(resolve(config.domain_blocklist),
