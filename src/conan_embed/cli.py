@@ -52,6 +52,20 @@ def cmd_encode(args) -> None:
     print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
 
 
+def cmd_mine(args) -> None:
+    from conan_embed.mining import MineConfig, mine
+    from conan_embed.mining.offline import summary_path
+
+    config = MineConfig(top_k=args.top_k, index=args.index, nlist=args.nlist, nprobe=args.nprobe,
+                        batch_size=args.batch_size, max_length={"query": args.max_length_query,
+                                                                "passage": args.max_length_passage},
+                        precision=args.precision, cache_dir=args.cache_dir, device=args.device)
+    summary = mine(args.model, args.input, args.corpus, args.output, config)
+    print(f"wrote {summary['rows']:,} rows with up to {summary['top_k']} candidates each (of {summary['corpus_size']:,} "
+          f"passages, {summary['index']} index) to {args.output} in {summary['timings']['total_s']:.0f} s; "
+          f"summary in {summary_path(args.output)}")
+
+
 def cmd_curate(args) -> None:
     from conan_embed.curate import curate, load_curate_config
     from conan_embed.curate.report import format_stats
@@ -166,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="model prompt to prepend: query or document (default: none)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("mine", help="rank a corpus for retrieval rows: their hard-negative candidates (docs/mining.md)")
+    p.add_argument("model", help=model_help + " (the teacher, the base or a trained stage)")
+    p.add_argument("--input", required=True, help="retrieval rows (id, query, positives, optional positive_ids)")
+    p.add_argument("--corpus", required=True, help="passages (id, text)")
+    p.add_argument("--output", required=True, help="the rows with ranked `candidates` (.jsonl or .parquet)")
+    p.add_argument("--top-k", type=int, default=200, help="candidate ids per row (default: %(default)s)")
+    p.add_argument("--index", default="flat", choices=("flat", "ivf", "hnsw"),
+                   help="faiss index: exact inner product, or approximate for millions of passages (default: %(default)s)")
+    p.add_argument("--nlist", type=int, help="ivf: inverted lists (default: 4 x sqrt(corpus size))")
+    p.add_argument("--nprobe", type=int, default=32, help="ivf: lists searched per query (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length-query", type=int, default=64, help="token cap for queries (default: %(default)s)")
+    p.add_argument("--max-length-passage", type=int, default=512, help="token cap for passages (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--cache-dir", help="embedding cache (default: $CONAN_EMBED_CACHE/embeddings); a re-run or an "
+                   "interrupted run reuses what is there")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("serve", help="serve a model behind the OpenAI embeddings API (docs/serving.md)")
     p.add_argument("model", help=model_help)

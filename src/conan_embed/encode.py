@@ -7,6 +7,7 @@ bar over all texts; memory stays at one chunk of texts and embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -43,15 +44,31 @@ def iter_texts(path: str | Path, field: str = "text") -> Iterator[str]:
 
 
 def encode_texts(model, texts: list[str], *, dim: int | None = None, prompt_name: str | None = None,
+                 prompt: str | None = None, max_length: int | None = None, precision: str = "fp32",
                  batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings, truncated to `dim` first (Matryoshka) if given."""
+    """L2-normalised float32 embeddings, truncated to `dim` first (Matryoshka) if given.
+
+    `prompt_name` names one of the model's prompts, `prompt` gives the text itself; `max_length` caps
+    tokens per text for this call only; `precision` "bf16" encodes under autocast."""
+    import torch
+
     dim = check_truncate_dim(dim, model.get_embedding_dimension())
     if prompt_name is not None and prompt_name not in model.prompts:
         raise InputError(f"the model has no prompt {prompt_name!r}; it has {sorted(model.prompts) or 'none'}",
                          field="prompt")
-    emb = model.encode(texts, prompt_name=prompt_name, batch_size=batch_size, truncate_dim=dim,
-                       normalize_embeddings=True, show_progress_bar=show_progress, convert_to_numpy=True)
-    return emb.astype(np.float32, copy=False)
+    saved = model.max_seq_length
+    if max_length:
+        model.max_seq_length = min(max_length, saved) if saved else max_length
+    autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    try:
+        with autocast:
+            emb = model.encode(texts, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size,
+                               truncate_dim=dim, normalize_embeddings=True, show_progress_bar=show_progress,
+                               convert_to_numpy=True)
+    finally:
+        model.max_seq_length = saved
+    return np.asarray(emb, dtype=np.float32)
 
 
 def encode_file(model, input_path: str | Path, output_path: str | Path, *, field: str = "text",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from conan_embed.errors import InputError
+from conan_embed.files import write_json
 
 PAPER_OUT_DIM = 1792
 PAPER_MATRYOSHKA_DIMS = (256, 512, 768, 1024, 1280, 1536, 1792)
@@ -32,6 +33,23 @@ def matryoshka_dims(out_dim: int, dims=PAPER_MATRYOSHKA_DIMS) -> tuple[int, ...]
     if bad:
         raise InputError(f"Matryoshka dims must be positive integers, got {bad}", field="matryoshka_dims")
     return tuple(sorted({d for d in dims if d <= out_dim} | {out_dim}))
+
+
+def text_prompt(prompts: dict | None, kind: str) -> str | None:
+    """The prompt for one kind of text, the one rule shared by training, serving, the teacher and
+    mining: `query` -> the model's "query" prompt; `passage` -> its "document" prompt (the name
+    sentence-transformers' `encode_document` and mteb use, so training matches evaluation), else its
+    "passage" prompt. None when the model has none.
+
+    >>> text_prompt({"query": "query: ", "document": "passage: ", "passage": "p: "}, "passage")
+    'passage: '
+    """
+    prompts = prompts or {}
+    if kind == "query":
+        return prompts.get("query")
+    if kind == "passage":
+        return prompts.get("document", prompts.get("passage"))
+    raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
 
 
 def check_truncate_dim(dim, out_dim: int) -> int | None:
@@ -95,7 +113,7 @@ def save_embedder(model, path: str | Path) -> Path:
     path = Path(path)
     model.save(str(path))
     dims = getattr(model, "conan_matryoshka_dims", None) or (model.get_embedding_dimension(),)
-    (path / CONAN_CONFIG).write_text(json.dumps({"matryoshka_dims": list(dims)}, indent=2) + "\n")
+    write_json(path / CONAN_CONFIG, {"matryoshka_dims": list(dims)})
     return path
 
 

@@ -104,3 +104,16 @@ def tiny_recipe(output_dir: str | Path, data_dir: str | Path, model_dir: str | P
         },
         "eval": {"size": "tiny", "dims": [None, 16]},
     }
+
+
+def crash_after_step(step: int):
+    """A Trainer callback that raises RuntimeError("simulated crash") at the end of `step` (after the
+    optimizer step, before that step's checkpoint): for testing resume."""
+    from transformers import TrainerCallback
+
+    class CrashAfterStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAfterStep()

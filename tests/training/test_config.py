@@ -34,6 +34,17 @@ def test_conan_v1_recipe_has_the_paper_settings():
     assert ft.optim.lr == 1e-5 and ft.optim.warmup == 0.05 and ft.optim.weight_decay == 0.001
     ds = (RECIPES / ft.deepspeed)
     assert ds.is_file() and yaml.safe_load(ds.read_text())["zero_optimization"]["stage"] == 1
+    m = ft.mining
+    assert (m.mode, m.check_every, m.ratio, m.max_score, m.absolute, m.min_initial) == ("dynamic", 100, 1.15, 0.8, True, None)
+    assert r.mine.model == "pretrain" and ft.tasks["retrieval"].file == r.mine.output and r.mine.top_k == 200
+
+
+def test_dhnm_demo_recipes_load():
+    v1, v2 = load_recipe(RECIPES / "dhnm-demo.yaml"), load_recipe(RECIPES / "dhnm-demo-v2.yaml")
+    assert v1.stages["finetune"].mining.ratio == 1.15 and v1.stages["finetune"].tasks["retrieval"].max_rows == 256
+    m = v2.stages["finetune"].mining
+    assert (m.check_every, m.ratio, m.max_score, m.absolute, m.min_initial) == (1, 1.2, 0.7, False, 0.4)
+    assert v1.stages["finetune"].tasks == v2.stages["finetune"].tasks and v1.eval == v2.eval
 
 
 @pytest.mark.parametrize("edit, key", [

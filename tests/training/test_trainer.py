@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 
 from conan_embed.errors import InputError
 from conan_embed.losses import InfoNCELoss, MatryoshkaLoss, info_nce_details
+from conan_embed.testing import crash_after_step
 from conan_embed.training.callbacks import StepRecordCallback
 from conan_embed.training.config import recipe_from_dict
 from conan_embed.training.stage import stage_paths, train_stage
@@ -32,15 +33,6 @@ def _single_stage(recipe_dict, *, grad_accum=2, precision="fp32", max_steps=8, e
                  checkpoint={"every": every, "keep": 10})
     recipe_dict["stages"] = {"finetune": stage}
     return recipe_dict
-
-
-class Crash(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 class Collect(StepRecordCallback):
@@ -67,7 +59,7 @@ def test_interrupted_run_resumes_to_the_same_weights(recipe_dict, tmp_path, grad
     full_log = Collect()
     train_stage(full, "finetune", show_progress=False, callbacks=[full_log])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_stage(crashy, "finetune", show_progress=False, callbacks=[Crash(7)])
+        train_stage(crashy, "finetune", show_progress=False, callbacks=[crash_after_step(7)])
     with pytest.raises(InputError, match="--resume"):
         train_stage(crashy, "finetune", show_progress=False)
     resumed_log = Collect()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,12 +185,6 @@ def read_shard(shard: Shard, fields: dict[str, str]) -> list[Record]:
             records.append(_parse(obj, f"{path}:{k + 2}", gid, fields))  # +1 header, +1 1-based
             gid += 1
     return records
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[str], list[int]]:

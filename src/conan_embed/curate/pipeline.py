@@ -31,11 +31,12 @@ import numpy as np
 from conan_embed.curate.config import CurateConfig
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.executors import make_executor
-from conan_embed.curate.io import Shard, plan_shards, read_shard, write_json
+from conan_embed.curate.io import Shard, plan_shards, read_shard
 from conan_embed.curate.records import Record
 from conan_embed.curate.teacher import TeacherScorer, histogram, score_cut
 from conan_embed.data.records import read_records, write_records
 from conan_embed.errors import InputError
+from conan_embed.files import write_json
 
 TABLE_STAGES = ("read", "normalize", "language", "heuristics", "safety", "quality", "dedup", "sample", "teacher")
 

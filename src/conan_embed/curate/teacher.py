@@ -10,7 +10,6 @@ and a baseline of mismatched pairs (each query against the next row's passage) t
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -23,31 +22,19 @@ class TeacherScorer:
     def __init__(self, config: TeacherConfig, device: str | None = None):
         import torch
 
-        from conan_embed.modeling import load_embedder
+        from conan_embed.modeling import load_embedder, text_prompt
 
         self.config = config
         self.device = device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_embedder(config.model, device=self.device)
         prompts = config.prompts if config.prompts is not None else self.model.prompts
-        self.prompts = {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}
+        self.prompts = {kind: text_prompt(prompts, kind) for kind in ("query", "passage")}
 
     def _embed(self, texts: list[str], side: str) -> np.ndarray:
-        import torch
+        from conan_embed.encode import encode_texts
 
-        model = self.model
-        cap = self.config.max_length.get(side)
-        saved = model.max_seq_length
-        if cap:
-            model.max_seq_length = min(cap, saved)
-        bf16 = self.config.precision == "bf16"
-        autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        try:
-            with autocast:
-                emb = model.encode(texts, prompt=self.prompts[side], batch_size=self.config.batch_size,
-                                   convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-        finally:
-            model.max_seq_length = saved
-        return np.asarray(emb, dtype=np.float32)
+        return encode_texts(self.model, texts, prompt=self.prompts[side], max_length=self.config.max_length.get(side),
+                            precision=self.config.precision, batch_size=self.config.batch_size, show_progress=False)
 
     def score(self, queries: list[str], passages: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(cosine of each pair, cosine of each query with the next row's passage)."""

@@ -11,7 +11,6 @@ dropped, so the local suite measures held-out data.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from conan_embed.data import splits
 from conan_embed.data.records import write_records
+from conan_embed.files import write_json
 from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions, peoples_daily_paragraphs
 
 BUILDER_VERSION = 1
@@ -179,7 +179,7 @@ def build_all(output: str | Path, *, progress: bool = True, log=print) -> dict:
                 "sources": {"weak_pairs": _count_by(built["weak_pairs"], "source"),
                             "classification": _count_by(built["classification"], "task")},
                 "seconds": round(time.perf_counter() - start, 1)}
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(output / "manifest.json", manifest)
     return manifest
 
 

@@ -22,6 +22,9 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
     "retrieval": {"id": ("any", True), "query": (_TEXT, True), "positives": (_TEXTS, True),
                   "negatives": (_TEXTS, False), "candidates": (_IDS, False), "task": ("any", False)},
     "corpus": {"id": ("any", True), "text": (_TEXT, True)},
+    # a retrieval row before mining has given it candidates (`conan-embed mine` input)
+    "retrieval_query": {"id": ("any", True), "query": (_TEXT, True), "positives": (_TEXTS, True),
+                        "positive_ids": (_IDS, False), "negatives": (_TEXTS, False), "candidates": (_IDS, False)},
     "sts": {"text1": (_TEXT, True), "text2": (_TEXT, True), "score": (_NUMBER, True)},
 }
 
@@ -62,6 +65,19 @@ def validate_record(row, kind: str, *, path=None, row_number: int | None = None)
         raise InputError("a retrieval record needs 'negatives' (texts) or 'candidates' (corpus ids)",
                          path=path, row=row_number, field="negatives")
     return row
+
+
+def read_corpus(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(ids as strings, texts) of a corpus file; an id given twice is an error naming its row."""
+    ids, texts, seen = [], [], set()
+    for number, row in enumerate(read_records(path, "corpus"), 1):
+        cid = str(row["id"])
+        if cid in seen:
+            raise InputError(f"id {cid!r} appears twice in the corpus", path=path, row=number, field="id")
+        seen.add(cid)
+        ids.append(cid)
+        texts.append(row["text"])
+    return ids, texts
 
 
 def _format(path: Path) -> str:

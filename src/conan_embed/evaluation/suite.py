@@ -9,7 +9,6 @@ is the mean over its 35 datasets (as reported in Conan-Embedding, arXiv 2408.157
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conan_embed.errors import InputError
+from conan_embed.files import write_json
 from conan_embed.evaluation.sizes import SuiteSize, get_size
 from conan_embed.modeling import check_truncate_dim
 
@@ -279,7 +279,7 @@ def run_suite(
     }
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        write_json(output_dir / "eval.json", result)
         (output_dir / "eval.txt").write_text(format_table(result) + "\n")
     _log(show_progress, f"done in {result['seconds']:.0f}s: Avg {100 * result['avg']:.2f} over "
                         f"{result['n_datasets']} datasets"

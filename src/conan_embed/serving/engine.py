@@ -16,6 +16,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from conan_embed.modeling import text_prompt
 from conan_embed.serving.batching import DynamicBatcher, PendingText
 from conan_embed.serving.metrics import ServerMetrics
 
@@ -89,17 +90,16 @@ class EmbeddingEngine:
         return int(self.model.max_seq_length)
 
     def prompt(self, input_type: str | None) -> str | None:
-        """The prompt text for an input type: 'query', 'passage' (the model's passage or document
-        prompt), 'none', or None = what `encode` does by default (the model's default prompt)."""
+        """The prompt text for an input type: 'query', 'passage' (`modeling.text_prompt`: the model's
+        document prompt, else its passage prompt, as in training), 'none', or None = what `encode` does
+        by default (the model's default prompt)."""
         prompts = self.model.prompts or {}
         if input_type is None:
             name = self.model.default_prompt_name
             return prompts.get(name) if name else None
         if input_type == "none":
             return None
-        if input_type == "query":
-            return prompts.get("query")
-        return prompts.get("passage", prompts.get("document"))
+        return text_prompt(prompts, input_type)
 
     # -- per request ------------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str], prompt: str | None, truncate: bool) -> list[np.ndarray]:

@@ -17,6 +17,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from conan_embed.files import write_text_atomic
+from conan_embed.training.plots import plot_hard_negative_scores, plot_loss_curve
+
 
 class StepRecordCallback(TrainerCallback):
     """Subclass and implement `on_step_records` to see every example of every step."""
@@ -60,7 +63,12 @@ class StopAfterStep(TrainerCallback):
             control.should_training_stop = True
 
 
-def read_log(path: str | Path) -> list[dict]:
+def read_log(path: str | Path, event: str | None = None) -> list[dict]:
+    """log.jsonl's step lines (event None), or the lines of one event kind (e.g. "dhnm": mining checks)."""
+    return [r for r in _read_lines(path) if r.get("event") == event]
+
+
+def _read_lines(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
@@ -71,50 +79,13 @@ def truncate_log(path: str | Path, last_step: int) -> None:
     """Drop the lines after `last_step` (a resumed run writes them again)."""
     path = Path(path)
     if path.is_file():
-        kept = [json.dumps(r) for r in read_log(path) if r.get("step", 0) <= last_step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
-def plot_loss_curve(logs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path | None:
-    """A loss-vs-step PNG of one or more stages' log.jsonl records ({stage: records}), the stages one
-    after the other. One line per task: with tasks taking turns, a single line would zig-zag between
-    their loss scales."""
-    if not any(logs.values()):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    offset = 0
-    for stage, records in logs.items():
-        if not records:
-            continue
-        tasks = sorted({k[5:] for r in records for k in r if k.startswith("loss/")})
-        prefix = f"{stage}: " if len(logs) > 1 else ""
-        if len(tasks) <= 1:
-            ax.plot([offset + r["step"] for r in records], [r["loss"] for r in records],
-                    label=prefix + (tasks[0] if tasks else "loss"), linewidth=1.2)
-        for task in tasks if len(tasks) > 1 else []:
-            points = [(offset + r["step"], r[f"loss/{task}"]) for r in records if f"loss/{task}" in r]
-            ax.plot(*zip(*points), label=prefix + task, linewidth=1.2)
-        offset += records[-1]["step"]
-        if len(logs) > 1:
-            ax.axvline(offset, color="grey", linewidth=0.5, linestyle=":")
-    ax.set_xlabel("step" + (" (stages one after the other)" if len(logs) > 1 else ""))
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+        kept = [json.dumps(r) for r in _read_lines(path) if r.get("step", 0) <= last_step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class TrainingMonitor(StepRecordCallback):
-    """Progress bar (loss, pairs/s), one log.jsonl line per logged step, loss.png at the end.
+    """Progress bar (loss, pairs/s), one log.jsonl line per logged step, loss.png at the end, and for
+    retrieval tasks the mean positive and hard-negative scores per line and negatives.png (Figure 3).
 
     pairs/s counts training examples (queries, or sentence pairs for STS) per second of wall time.
     """
@@ -130,6 +101,7 @@ class TrainingMonitor(StepRecordCallback):
         self.window_examples, self.window_start = 0, time.perf_counter()
         self.task_loss = defaultdict(float)
         self.task_batches = defaultdict(int)
+        self.task_scores = defaultdict(lambda: [0.0, 0.0, 0])  # positive sum, hard-negative sum, examples
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
@@ -147,6 +119,11 @@ class TrainingMonitor(StepRecordCallback):
         for r in records:
             self.task_loss[r.task] += r.loss
             self.task_batches[r.task] += 1
+            if r.negative_scores is not None:
+                scores = self.task_scores[r.task]
+                scores[0] += float(r.positive_scores.sum())
+                scores[1] += float(r.negative_scores.sum())
+                scores[2] += r.size
         step_loss = sum(r.loss for r in records) / max(len(records), 1)
         if math.isfinite(step_loss):
             self.ema_loss = step_loss if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * step_loss
@@ -165,6 +142,8 @@ class TrainingMonitor(StepRecordCallback):
         line = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                 "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
         line.update({f"loss/{t}": self.task_loss[t] / self.task_batches[t] for t in sorted(self.task_loss)})
+        for t, (positive, negative, n) in sorted(self.task_scores.items()):  # Figure 3's two curves
+            line[f"score/{t}/positive"], line[f"score/{t}/negative"] = round(positive / n, 5), round(negative / n, 5)
         line["pairs_per_s"] = round(self.window_examples / max(now - self.window_start, 1e-9), 3)
         line["elapsed_s"] = round(now - self.start, 2)
         with self.log_path.open("a") as f:
@@ -176,4 +155,7 @@ class TrainingMonitor(StepRecordCallback):
             self.bar.close()
             self.bar = None
         if state.is_world_process_zero:
-            plot_loss_curve({"": read_log(self.log_path)}, self.plot_path, self.title)
+            steps = read_log(self.log_path)
+            plot_loss_curve({"": steps}, self.plot_path, self.title)
+            plot_hard_negative_scores({"": {"steps": steps, "checks": read_log(self.log_path, "dhnm")}},
+                                      self.plot_path.with_name("negatives.png"), f"{self.title}: hard negatives")

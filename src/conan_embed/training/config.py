@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 
 from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
+from conan_embed.mining.config import RecipeMineConfig, check_mine_config
 from conan_embed.errors import InputError
 from conan_embed.typed_config import build_dataclass, set_override
 
@@ -43,8 +44,24 @@ class TaskConfig:
     file: str  # relative to the recipe's data.dir
     batch_size: int = 32
     corpus: str | None = None  # retrieval records with candidate ids: id -> text file
+    max_rows: int | None = None  # train on a fixed random sample of this many rows (None: all)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class MiningConfig:
+    """Dynamic hard-negative mining (docs/mining.md). Defaults are the paper's constants."""
+
+    mode: Literal["static", "dynamic"] = "static"
+    check_every: int = 100  # steps between checks (Conan-embedding-v2: 1)
+    ratio: float = 1.15  # exhausted when ratio * S_now < S_initial ...
+    max_score: float = 0.8  # ... and |S_now| < max_score
+    absolute: bool = True  # compare |S_now| (v1); false: S_now itself (v2)
+    min_initial: float | None = None  # also exhausted when S_initial < this (v2: 0.4)
+    initial_score: Literal["first_seen", "forward"] = "first_seen"  # how S_initial of new negatives is measured
+    tasks: list[str] | None = None  # None: every retrieval task whose rows name candidate ids
+    batch_size: int = 64  # queries per forward pass when measuring S_initial
 
 
 @dataclass
@@ -73,6 +90,7 @@ class StageConfig:
     tasks: dict[str, TaskConfig]
     init: str = "model"  # "model" (the recipe's model section), an earlier stage's name, or a model folder
     composer: Literal["sequential"] = "sequential"
+    mining: MiningConfig = field(default_factory=MiningConfig)
     max_length: dict[str, int] = field(default_factory=dict)  # overrides model.max_length for this stage
     optim: OptimConfig = field(default_factory=OptimConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -106,6 +124,7 @@ class EvalConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = 32
     enabled: bool = True
+    tasks: list[str] | None = None  # suite tasks or categories (None: all six)
 
 
 @dataclass
@@ -119,6 +138,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     curate: RecipeCurateConfig | None = None  # curate raw pairs into data.dir before the stages
+    mine: RecipeMineConfig | None = None  # rank a corpus for retrieval rows (after the stage `mine.model` names)
     source: str | None = None  # the recipe file (set by load_recipe; relative paths in it resolve there)
 
     def stage(self, name: str) -> StageConfig:
@@ -151,6 +171,15 @@ def _validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise InputError("a recipe needs at least one stage under 'stages'", path=src, field="stages")
     _check_text_fields(recipe.model.max_length, "model.max_length", src)
+    if recipe.eval.tasks is not None:
+        from conan_embed.evaluation.suite import resolve_tasks
+
+        try:
+            resolve_tasks(recipe.eval.tasks)
+        except InputError as exc:
+            raise InputError(str(exc), path=src, field="eval.tasks") from None
+    if recipe.mine is not None:
+        _check_mine_step(recipe)
     if recipe.curate is not None:
         recipe.curate.source = src
         check_curate_config(recipe.curate, "curate.")
@@ -176,9 +205,12 @@ def _validate(recipe: Recipe) -> None:
                              f"existing model folder, got {stage.init!r}", path=src, field=f"{p}.init")
         if not stage.tasks:
             raise InputError(f"{p}.tasks is empty", path=src, field=f"{p}.tasks")
+        _check_mining(stage, p, src)
         for tname, task in stage.tasks.items():
             t = f"{p}.tasks.{tname}"
             _positive(task.batch_size, f"{t}.batch_size", src)
+            if task.max_rows is not None:
+                _positive(task.max_rows, f"{t}.max_rows", src)
             _positive(task.negatives.count, f"{t}.negatives.count", src)
             _positive(task.negatives.skip_top, f"{t}.negatives.skip_top", src, allow_zero=True)
             _positive(task.loss.temperature, f"{t}.loss.temperature", src)
@@ -190,6 +222,34 @@ def _validate(recipe: Recipe) -> None:
             raise InputError(f"{p}.deepspeed: no such file {resolve_relative(recipe, stage.deepspeed)}",
                              path=src, field=f"{p}.deepspeed")
         seen.append(name)
+
+
+def _check_mine_step(recipe: Recipe) -> None:
+    """The mined file may only be read by stages after the one whose model mines it."""
+    m, src = recipe.mine, recipe.source
+    check_mine_config(m, "mine.", src)
+    names = list(recipe.stages)
+    before = names[: names.index(m.model) + 1] if m.model in recipe.stages else []
+    for name in before:
+        for tname, task in recipe.stages[name].tasks.items():
+            if task.file == m.output:
+                raise InputError(f"stages.{name}.tasks.{tname} reads {m.output!r}, which mine writes only after stage "
+                                 f"{m.model!r}", path=src, field=f"stages.{name}.tasks.{tname}.file")
+
+
+def _check_mining(stage: StageConfig, p: str, src) -> None:
+    m, key = stage.mining, f"{p}.mining"
+    _positive(m.check_every, f"{key}.check_every", src)
+    _positive(m.ratio, f"{key}.ratio", src)
+    _positive(m.max_score, f"{key}.max_score", src)
+    _positive(m.batch_size, f"{key}.batch_size", src)
+    for name in m.tasks or []:
+        if name not in stage.tasks or stage.tasks[name].kind != "retrieval":
+            retrieval = [t for t, c in stage.tasks.items() if c.kind == "retrieval"]
+            raise InputError(f"{key}.tasks names {name!r}, which is not a retrieval task of this stage "
+                             f"(retrieval tasks: {', '.join(retrieval) or 'none'})", path=src, field=f"{key}.tasks")
+    if m.mode == "dynamic" and not any(c.kind == "retrieval" for c in stage.tasks.values()):
+        raise InputError(f"{key}.mode is dynamic but the stage has no retrieval task", path=src, field=f"{key}.mode")
 
 
 def resolve_relative(recipe: Recipe, path: str) -> Path:

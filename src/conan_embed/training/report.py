@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conan_embed.evaluation.suite import CATEGORIES
+from conan_embed.files import write_text_atomic
 from conan_embed.training.config import Recipe
 
 
@@ -53,6 +54,37 @@ def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
     return lines + [""]
 
 
+def _mining_section(m: dict) -> list[str]:
+    t = m["timings"]
+    return ["## Candidate mining", "",
+            f"`{m['input']}`: {m['rows']:,} rows ranked over `{m['corpus']}` ({m['corpus_size']:,} passages) by "
+            f"`{m['model']}` ({m['index']} index); the top {m['top_k']} ids without the row's positives -> "
+            f"`{m['output']}` ({t['encode_s']:.0f} s encoding, cached; {t['search_s']:.0f} s search).", ""]
+
+
+def _negatives_section(metrics: dict) -> list[str]:
+    """Each retrieval task's hard negatives: static, or what dynamic mining replaced."""
+    lines = []
+    for name, s in metrics["stages"].items():
+        mined = s.get("mining") or {}
+        for task, info in s["tasks"].items():
+            m = mined.get(task)
+            if info.get("kind") != "retrieval":
+                continue
+            if m is None:
+                lines.append(f"- `{name}` / {task}: static hard negatives (each row's first window of candidates)")
+            else:
+                lines.append(f"- `{name}` / {task}: **dynamic** hard negatives: {m['checks']} checks, {m['replaced']:,} "
+                             f"sets replaced ({m['rows_replaced']:,} of {m['rows']:,} rows at least once, deepest "
+                             f"window {m['deepest_window']}), {m['rows_out_of_candidates']:,} rows out of candidates")
+    if not lines:
+        return []
+    return ["## Hard negatives", "", *lines, "",
+            "Positive and hard-negative scores against steps, with the sets replaced at each check (the paper's "
+            "Figure 3): `<stage>/negatives.png`; each check's counts are the `\"event\": \"dhnm\"` lines of "
+            "`<stage>/log.jsonl`.", ""]
+
+
 def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
     lines = [f"# Run report: {recipe.name}", ""]
     if recipe.description:
@@ -63,6 +95,8 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
               f"- created {metrics['created']}; total {metrics['timings']['total_s'] / 60:.1f} min", ""]
     if metrics.get("curation"):
         lines += _curation_section(metrics["curation"], recipe)
+    if metrics.get("mining"):
+        lines += _mining_section(metrics["mining"])
     lines += ["## Training", "", "| stage | starts from | steps | tasks (rows, batch) | train time | median pairs/s | final loss |",
               "|---|---|---|---|---|---|---|"]
     for name, s in metrics["stages"].items():
@@ -72,6 +106,7 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
         lines.append(f"| {name} | `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | "
                      f"{rate} | {loss} |")
     lines += ["", "Loss curves: `loss.png` (all stages), `<stage>/loss.png`, `<stage>/log.jsonl`.", ""]
+    lines += _negatives_section(metrics)
     evals = metrics.get("eval") or {}
     if evals:
         settings = metrics["eval_settings"]
@@ -86,6 +121,4 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
         for name, t in next(iter(any_model.values()))["tasks"].items():
             lines.append(f"- {name} ({t['category']}): " + ", ".join(f"{k} {v:,}" for k, v in t["size"].items()))
         lines.append("")
-    path = Path(path)
-    path.write_text("\n".join(lines))
-    return path
+    return write_text_atomic(path, "\n".join(lines))

@@ -1,8 +1,9 @@
-"""`conan-embed run RECIPE`: build-data -> every stage -> evaluation -> one run folder.
+"""`conan-embed run RECIPE`: build-data -> curate -> stages (with the mine step after the stage it
+names) -> evaluation -> one run folder.
 
     <output_dir>/
       recipe.yaml           the recipe as run (after --set overrides)
-      <stage>/              each stage's model, checkpoints, log.jsonl, loss.png (stage.py)
+      <stage>/              each stage's model, checkpoints, log.jsonl, loss.png, negatives.png (stage.py)
       model/                the final model: a sentence-transformers folder, loadable without conan_embed
       eval/<model>/dim-<d>/ eval.json of each evaluated model at each dim
       loss.png              the loss curves of all stages, one after the other
@@ -24,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from conan_embed.errors import InputError
+from conan_embed.files import write_json, write_text_atomic
 from conan_embed.training.callbacks import plot_loss_curve, read_log
 from conan_embed.training.config import Recipe
 from conan_embed.training.stage import init_model_path, stage_paths, train_stage
@@ -45,11 +47,19 @@ def prepare_data(recipe: Recipe) -> dict | None:
 
 
 def check_data_files(recipe: Recipe) -> None:
-    """Every data file any stage names must exist before the first stage starts."""
+    """Every data file any stage names must exist before the first stage starts (but the one the
+    recipe's mine step writes)."""
+    mined = recipe.mine.output if recipe.mine is not None else None
+    if recipe.mine is not None:
+        for key in ("input", "corpus"):
+            rel = getattr(recipe.mine, key)
+            if not recipe.data_file(rel).exists():
+                raise InputError(f"mine.{key}: no such data file (data.dir is {recipe.data.dir})",
+                                 path=recipe.data_file(rel), field=f"mine.{key}")
     for name, stage in recipe.stages.items():
         for tname, task in stage.tasks.items():
             for key, rel in (("file", task.file), ("corpus", task.corpus)):
-                if rel is not None and not recipe.data_file(rel).exists():
+                if rel is not None and rel != mined and not recipe.data_file(rel).exists():
                     raise InputError(f"stages.{name}.tasks.{tname}.{key}: no such data file "
                                      f"(data.dir is {recipe.data.dir})", path=recipe.data_file(rel),
                                      field=f"stages.{name}.tasks.{tname}.{key}")
@@ -67,6 +77,23 @@ def curate_data(recipe: Recipe, *, overwrite: bool, show_progress: bool) -> dict
                   show_progress=show_progress)
 
 
+def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
+    """The recipe's mine step: rank mine.corpus for mine.input's rows with mine.model (the base, a
+    finished stage's model or a folder). Embeddings are cached, so a resumed run re-mines in seconds."""
+    from conan_embed.mining import mine
+
+    m = recipe.mine
+    if m.model == "model":
+        model = init_model_path(recipe, next(iter(recipe.stages)))
+    elif m.model in recipe.stages:
+        model = stage_paths(recipe, m.model).model
+    else:
+        model = m.model
+    _log(f"mining candidates for {m.input} with {model}")
+    return mine(model, recipe.data_file(m.input), recipe.data_file(m.corpus), recipe.data_file(m.output), m,
+                show_progress=show_progress)
+
+
 def _model_stamp(path: Path) -> dict:
     """Identifies a model folder's content cheaply: its files' sizes and mtimes."""
     files = sorted(p for p in Path(path).rglob("*") if p.is_file())
@@ -80,7 +107,7 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
 
     cfg = recipe.eval
     stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size,
-             "precision": cfg.precision, "batch_size": cfg.batch_size}
+             "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks}
     results, model, cache = {}, None, {}
     for dim in cfg.dims:
         folder = run_dir / "eval" / label / f"dim-{dim or 'full'}"
@@ -96,8 +123,8 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
             continue
         _log(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
         results[dim] = run_suite(model, size=cfg.size, dim=dim, output_dir=folder, batch_size=cfg.batch_size,
-                                 precision=cfg.precision, embedding_cache=cache)
-        (folder / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
+                                 precision=cfg.precision, embedding_cache=cache, tasks=cfg.tasks)
+        write_json(folder / "stamp.json", stamp)
     return results
 
 
@@ -127,7 +154,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     # without the loader-set `source` fields (recipe file, curation section), so that it loads again
     data = asdict(recipe, dict_factory=lambda items: {k: v for k, v in items if k != "source"})
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     timings = {}
 
     t0 = time.perf_counter()
@@ -140,13 +167,19 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     check_data_files(recipe)
 
     base_path = Path(init_model_path(recipe, next(iter(recipe.stages))))
-    stages = {}
-    for name in recipe.stages:
-        _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
-        t0 = time.perf_counter()
-        summary = train_stage(recipe, name, resume=resume, show_progress=show_progress)
-        timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
-        stages[name] = {k: v for k, v in summary.items() if k != "fingerprint"}
+    stages, mining = {}, None
+    mine_after = recipe.mine.model if recipe.mine is not None and recipe.mine.model in recipe.stages else None
+    for name in [None, *recipe.stages]:
+        if name is not None:
+            _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
+            t0 = time.perf_counter()
+            summary = train_stage(recipe, name, resume=resume, show_progress=show_progress)
+            timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+            stages[name] = {k: v for k, v in summary.items() if k != "fingerprint"}
+        if recipe.mine is not None and name == mine_after:
+            t0 = time.perf_counter()
+            mining = mine_candidates(recipe, show_progress=show_progress)
+            timings["mine_s"] = round(time.perf_counter() - t0, 1)
     final_stage = list(recipe.stages)[-1]
     final = run_dir / "model"
     if final.exists():
@@ -174,11 +207,12 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         "eval": evaluations,
         "curation": curation and {k: curation[k] for k in ("inputs", "output", "rows_in", "kept", "table", "dedup",
                                                            "teacher", "timings")},
+        "mining": mining,
         "stages": stages,
         "timings": timings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_json(run_dir / "metrics.json", metrics)
     from conan_embed.training.report import write_report
 
     write_report(metrics, recipe, run_dir / "report.md")

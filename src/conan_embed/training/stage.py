@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from conan_embed.errors import InputError
+from conan_embed.files import write_json
 from conan_embed.training.batching import build_composer
 from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
                                             truncate_log)
 from conan_embed.training.config import Recipe, StageConfig, resolve_relative
+from conan_embed.training.checkpoint import changed_keys, last_complete_checkpoint, read_marker, stage_fingerprint
 from conan_embed.training.tasks import load_tasks
-from conan_embed.training.trainer import (CHECKPOINT_MARKER, ConanLoss, ConanTrainer, changed_keys,
-                                          last_complete_checkpoint, stage_fingerprint)
+from conan_embed.training.trainer import ConanLoss, ConanTrainer
 
 STAGE_SUMMARY = "stage.json"
 
@@ -160,7 +161,7 @@ def _prepare_folder(recipe: Recipe, name: str, paths: StagePaths, fingerprint: d
     checkpoint = last_complete_checkpoint(paths.checkpoints)
     if checkpoint is None:
         return None
-    saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text()).get("fingerprint", {})
+    saved = read_marker(checkpoint).get("fingerprint", {})
     diff = changed_keys(saved, fingerprint)
     if diff:
         raise InputError(f"cannot resume stage {name!r} from {checkpoint}: the recipe changed since it was "
@@ -231,10 +232,16 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
             all_callbacks.append(TensorBoardCallback(SummaryWriter(str(paths.root / "tensorboard"))))
         if stop_after is not None:
             all_callbacks.append(StopAfterStep(stop_after))
+        miner = None
+        if stage.mining.mode == "dynamic":
+            from conan_embed.mining.dynamic import DynamicHardNegativeMiner
+
+            miner = DynamicHardNegativeMiner(tasks, stage.mining, log_path=paths.log, key=f"stages.{name}.mining",
+                                             source=recipe.source)
         trainer = ConanTrainer(
             model=model, args=args,
             loss=ConanLoss(model, model.conan_matryoshka_dims), tasks=tasks, composer=composer,
-            max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}),
+            max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}), negatives=miner,
             checkpoint_info={"fingerprint": fingerprint}, callbacks=all_callbacks + list(callbacks))
         start = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -261,11 +268,12 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         "train_loss": output.training_loss,
         "final_loss": log[-1]["loss"] if log else None,
         "median_pairs_per_s": {t: statistics.median(v) for t, v in rates.items()},
-        "tasks": {n: {"file": str(t.path), "rows": len(t), "batch_size": t.config.batch_size} for n, t in tasks.items()},
+        "tasks": {n: {"kind": t.kind, "file": str(t.path), "rows": len(t), "batch_size": t.config.batch_size}
+                  for n, t in tasks.items()},
         "matryoshka_dims": list(model.conan_matryoshka_dims),
+        "negatives": stage.mining.mode,
+        "mining": miner.summary() if miner is not None else None,
         "fingerprint": fingerprint,
     }
-    tmp = paths.summary.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(paths.summary)
+    write_json(paths.summary, summary)
     return summary

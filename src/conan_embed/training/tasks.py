@@ -8,17 +8,21 @@ Three kinds (docs/training.md):
   the first ``count`` of a row's own ``negatives`` texts.
 - ``sts``: (text1, text2, score); CoSENT.
 
-A batch's texts are a pure function of its plan (task, rows, epoch) and the negative window, so
-resolving them at step time (not in a data-loader worker ahead of time) keeps resume exact and lets
-hard-negative mining change a row's window between two steps.
+A batch's texts are a pure function of its plan (task, rows, epoch) and the rows' current hard
+negatives, so resolving them at step time (not in a data-loader worker ahead of time) keeps resume
+exact and lets dynamic hard-negative mining (conan_embed.mining) change a row's negatives between two
+steps.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from conan_embed.data.records import read_records
+import numpy as np
+
+from conan_embed.data.records import read_corpus, read_records
 from conan_embed.errors import InputError
 from conan_embed.training.config import TaskConfig
 
@@ -49,7 +53,12 @@ class TaskBatch:
 
 
 class TrainingTask:
-    """One task of a stage: its config and its validated rows."""
+    """One task of a stage: its config and its validated rows.
+
+    Retrieval rows that name candidate ids keep them as a matrix of corpus indices (`candidates`,
+    [rows, longest list], -1 padded): the row's positives (by id and by identical text) and repeated
+    ids are dropped at load, so no window of the list, static or mined, ever holds a positive.
+    """
 
     def __init__(self, name: str, config: TaskConfig, data_dir: str | Path, *, key: str = "tasks"):
         self.name, self.config, self.kind = name, config, config.kind
@@ -57,43 +66,80 @@ class TrainingTask:
         if not path.exists():
             raise InputError(f"{key}.{name}.file: no such data file or folder", path=path, field=f"{key}.{name}.file")
         self.path = path
-        self.rows = list(read_records(path, RECORD_KIND[self.kind]))
+        rows = list(read_records(path, RECORD_KIND[self.kind]))
+        self.row_numbers = np.arange(1, len(rows) + 1)  # 1-based file rows, for messages
+        if config.max_rows is not None and config.max_rows < len(rows):
+            # one fixed sample whatever the recipe's seed: runs with several seeds train on the same rows
+            keep = sorted(random.Random(0).sample(range(len(rows)), config.max_rows))
+            rows, self.row_numbers = [rows[i] for i in keep], self.row_numbers[keep]
+        self.rows = rows
         if len(self.rows) < config.batch_size:
             raise InputError(f"{key}.{name}: {len(self.rows)} rows, fewer than one batch of {config.batch_size}",
                              path=path, field=f"{key}.{name}.batch_size")
-        self.corpus: dict[str, str] = {}
+        self.corpus_ids: list[str] = []
+        self.corpus_texts: list[str] = []
+        self.candidates = np.full((len(self.rows), 0), -1, dtype=np.int32)
+        self.candidate_counts = np.zeros(len(self.rows), dtype=np.int32)
         if self.kind == "retrieval":
-            self._check_negatives(data_dir, key)
+            self._index_candidates(data_dir, key)
 
-    def _check_negatives(self, data_dir, key: str) -> None:
+    def _index_candidates(self, data_dir, key: str) -> None:
         count, skip = self.config.negatives.count, self.config.negatives.skip_top
-        uses_ids = any(r.get("candidates") is not None for r in self.rows)
-        if uses_ids:
-            if self.config.corpus is None:
-                raise InputError(f"{key}.{self.name}.corpus is needed: the rows name candidate ids",
-                                 path=self.path, field=f"{key}.{self.name}.corpus")
-            corpus_path = Path(data_dir) / self.config.corpus
-            if not corpus_path.is_file():
-                raise InputError(f"{key}.{self.name}.corpus: no such data file", path=corpus_path,
-                                 field=f"{key}.{self.name}.corpus")
-            self.corpus = {str(r["id"]): r["text"] for r in read_records(corpus_path, "corpus")}
-        for number, row in enumerate(self.rows, 1):
-            if row.get("candidates") is not None:
-                window = self.negative_window(number - 1)
-                if len(window) < count:
-                    raise InputError(f"{len(row['candidates'])} candidates; negatives.skip_top {skip} + count "
-                                     f"{count} needs {skip + count}", path=self.path, row=number,
-                                     field="candidates")
-                missing = [c for c in window if c not in self.corpus]
-                if missing:
-                    raise InputError(f"candidate id {missing[0]!r} is not in {self.config.corpus}",
-                                     path=self.path, row=number, field="candidates")
-            elif len(row.get("negatives") or []) < count:
-                raise InputError(f"{len(row.get('negatives') or [])} negatives, negatives.count is {count}",
-                                 path=self.path, row=number, field="negatives")
+        if any(r.get("candidates") is not None for r in self.rows):
+            self._load_corpus(data_dir, key)
+        index = {cid: i for i, cid in enumerate(self.corpus_ids)}
+        by_text: dict[str, list[int]] = {}
+        for i, text in enumerate(self.corpus_texts):
+            by_text.setdefault(text, []).append(i)
+        lists = []
+        for r, row in enumerate(self.rows):
+            number = int(self.row_numbers[r])
+            candidates = row.pop("candidates", None)
+            if candidates is None:
+                if len(row.get("negatives") or []) < count:
+                    raise InputError(f"{len(row.get('negatives') or [])} negatives, negatives.count is {count}",
+                                     path=self.path, row=number, field="negatives")
+                lists.append(())
+                continue
+            excluded = {index[str(p)] for p in row.get("positive_ids") or () if str(p) in index}
+            excluded.update(i for text in row["positives"] for i in by_text.get(text, ()))
+            kept, seen = [], set()
+            for c in candidates:
+                j = index.get(str(c))
+                if j is None:
+                    raise InputError(f"candidate id {str(c)!r} is not in {self.config.corpus}", path=self.path,
+                                     row=number, field="candidates")
+                if j not in excluded and j not in seen:
+                    seen.add(j)
+                    kept.append(j)
+            if len(kept) < skip + count:
+                dropped = len(candidates) - len(kept)
+                raise InputError(f"{len(kept)} usable candidates ({len(candidates)} listed, {dropped} positives or "
+                                 f"repeats dropped); negatives.skip_top {skip} + count {count} needs {skip + count}",
+                                 path=self.path, row=number, field="candidates")
+            lists.append(kept)
+        width = max((len(x) for x in lists), default=0)
+        self.candidates = np.full((len(self.rows), width), -1, dtype=np.int32)
+        for r, kept in enumerate(lists):
+            self.candidates[r, :len(kept)] = kept
+            self.candidate_counts[r] = len(kept)
+
+    def _load_corpus(self, data_dir, key: str) -> None:
+        if self.config.corpus is None:
+            raise InputError(f"{key}.{self.name}.corpus is needed: the rows name candidate ids",
+                             path=self.path, field=f"{key}.{self.name}.corpus")
+        corpus_path = Path(data_dir) / self.config.corpus
+        if not corpus_path.is_file():
+            raise InputError(f"{key}.{self.name}.corpus: no such data file", path=corpus_path,
+                             field=f"{key}.{self.name}.corpus")
+        self.corpus_ids, self.corpus_texts = read_corpus(corpus_path)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def has_candidates(self) -> bool:
+        return bool((self.candidate_counts > 0).any())
 
     def conflict_keys(self, index: int) -> tuple:
         """Texts (or ids) that must not appear twice in one in-batch-negative batch: a duplicate would be
@@ -106,12 +152,17 @@ class TrainingTask:
             return (("q", row["query"]),) + tuple(("p", str(p)) for p in pos)
         return ()
 
-    def negative_window(self, index: int) -> list:
-        """The candidate ids used as this row's hard negatives (the static first window; mining moves it)."""
+    def negative_window(self, index: int) -> np.ndarray:
+        """Corpus indices of a row's static hard negatives: its first window, candidates ranked
+        skip_top .. skip_top + count (empty for rows that carry negative texts)."""
         cfg = self.config.negatives
-        return [str(c) for c in self.rows[index]["candidates"][cfg.skip_top: cfg.skip_top + cfg.count]]
+        if not self.candidate_counts[index]:
+            return self.candidates[index, :0]
+        return self.candidates[index, cfg.skip_top: cfg.skip_top + cfg.count]
 
-    def texts(self, plan: StepPlan) -> TaskBatch:
+    def texts(self, plan: StepPlan, negatives: np.ndarray | None = None) -> TaskBatch:
+        """The plan's texts. `negatives` ([rows, count] corpus indices, -1 = the row's own static
+        negatives) overrides the static window: the dynamic hard-negative miner's current sets."""
         rows = [self.rows[i] for i in plan.rows]
         ids = [r.get("id", i) for r, i in zip(rows, plan.rows)]
         if self.kind == "sts":
@@ -121,16 +172,16 @@ class TrainingTask:
             return TaskBatch(self.name, ids, [r["query"] for r in rows], [r["passage"] for r in rows])
         positives = [r["positives"][plan.epoch % len(r["positives"])] for r in rows]
         count = self.config.negatives.count
-        negative_ids, negatives = [], []
-        for i, r in zip(plan.rows, rows):
-            if r.get("candidates") is not None:
-                window = self.negative_window(i)
-                negative_ids.append(window)
-                negatives.append([self.corpus[c] for c in window])
+        negative_ids, texts = [], []
+        for k, (i, r) in enumerate(zip(plan.rows, rows)):
+            window = negatives[k] if negatives is not None and negatives[k][0] >= 0 else self.negative_window(i)
+            if len(window):
+                negative_ids.append([self.corpus_ids[j] for j in window])
+                texts.append([self.corpus_texts[j] for j in window])
             else:
                 negative_ids.append(list(range(count)))
-                negatives.append(r["negatives"][:count])
-        return TaskBatch(self.name, ids, [r["query"] for r in rows], positives, negatives, negative_ids)
+                texts.append(r["negatives"][:count])
+        return TaskBatch(self.name, ids, [r["query"] for r in rows], positives, texts, negative_ids)
 
 
 def load_tasks(tasks: dict[str, TaskConfig], data_dir: str | Path, *, key: str = "tasks") -> dict[str, TrainingTask]:

@@ -13,9 +13,7 @@ and RNG state, exact skip-ahead on resume). What we replace (docs/design-trainin
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,13 +23,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.trainer_callback import PrinterCallback
 
+from conan_embed.files import write_json
 from conan_embed.losses import cosent, info_nce_details
 from conan_embed.losses.infonce import InfoNCEOutput
+from conan_embed.modeling import CONAN_CONFIG, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
+from conan_embed.training.checkpoint import load_checkpoint_extras, save_checkpoint_extras
 from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
-
-CHECKPOINT_MARKER = "conan_checkpoint.json"  # written last: its presence means the checkpoint is complete
 
 
 @dataclass
@@ -104,17 +103,33 @@ def _collate_plan(items: list[StepPlan]) -> dict:
 
 
 class ConanTrainer(SentenceTransformerTrainer):
+    """`negatives`: where retrieval rows' hard negatives come from at step time (the dynamic miner,
+    `conan_embed.mining.DynamicHardNegativeMiner`; None = each row's static window). It is also
+    registered as a callback and, with anything in `states`, saved in every checkpoint and restored
+    on resume (`training.checkpoint.TrainingState`)."""
+
     def __init__(self, *, tasks: dict[str, TrainingTask], composer: BatchComposer, max_length: dict[str, int],
-                 prompts: dict[str, str], checkpoint_info: dict | None = None, **kwargs):
+                 prompts: dict[str, str], checkpoint_info: dict | None = None, negatives=None, states=(),
+                 **kwargs):
         self.tasks, self.composer = tasks, composer
         self.max_length = max_length
-        # e5-style prompt names: the model's "document" prompt is our "passage" field
-        self.field_prompts = {"query": prompts.get("query"), "passage": prompts.get("document", prompts.get("passage"))}
+        self.field_prompts = {field: text_prompt(prompts, field) for field in ("query", "passage")}
         self.checkpoint_info = checkpoint_info or {}
         self.step_records: list[StepRecord] = []
+        self.negatives = negatives
+        self.training_states = [*states, *([negatives] if negatives is not None else [])]
         callbacks = kwargs.pop("callbacks", None) or []
+        if negatives is not None:
+            callbacks = [negatives, *callbacks]
         super().__init__(callbacks=[StepRecordDispatcher(self), *callbacks], **kwargs)
         self.remove_callback(PrinterCallback)  # prints every log dict; TrainingMonitor writes log.jsonl
+        if negatives is not None:
+            negatives.attach(self)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint:
+            load_checkpoint_extras(resume_from_checkpoint, self.training_states)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def get_train_dataloader(self):
         loader = DataLoader(_PlanDataset(len(self.composer)), batch_sampler=self.composer,
@@ -131,7 +146,7 @@ class ConanTrainer(SentenceTransformerTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan: StepPlan = inputs["plan"]
         task = self.tasks[plan.task]
-        batch = task.texts(plan)
+        batch = task.texts(plan, self.negatives.lookup(plan.task, plan.rows) if self.negatives is not None else None)
         loss, record = self.task_loss(model, task, batch, plan)
         self.step_records.append(record)
         return (loss, {}) if return_outputs else loss
@@ -158,44 +173,13 @@ class ConanTrainer(SentenceTransformerTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
-        from conan_embed.modeling import CONAN_CONFIG
-
-        path = Path(output_dir if output_dir is not None else self.args.output_dir) / CONAN_CONFIG
-        path.write_text(json.dumps({"matryoshka_dims": list(self.loss.dims)}, indent=2) + "\n")
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        write_json(folder / CONAN_CONFIG, {"matryoshka_dims": list(self.loss.dims)})
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        info = {"global_step": self.state.global_step, **self.checkpoint_info}
-        tmp = folder / (CHECKPOINT_MARKER + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, folder / CHECKPOINT_MARKER)
-
-
-def last_complete_checkpoint(folder: str | Path) -> Path | None:
-    """The highest-numbered checkpoint-N in `folder` whose marker was written (HF writes checkpoints in
-    place, so a run killed while saving leaves an incomplete one behind)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).is_file() and p.name[11:].isdigit()]
-    return max(done, key=lambda p: int(p.name[11:]), default=None)
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, dotted + ".")
-        elif a != b:
-            keys.append(dotted)
-    return keys
-
-
-def stage_fingerprint(stage, **extra) -> dict:
-    """What must not change between an interrupted stage and its resumption."""
-    return {"stage": asdict(stage), **extra}
+        save_checkpoint_extras(folder, self.training_states, {"global_step": self.state.global_step,
+                                                              **self.checkpoint_info})

@@ -1,0 +1,49 @@
+"""Settings of offline candidate mining (`conan-embed mine`, the recipe's `mine:` step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from conan_embed.errors import InputError
+
+
+@dataclass
+class MineConfig:
+    top_k: int = 200  # candidate ids written per row, best first, positives excluded
+    index: Literal["flat", "ivf", "hnsw"] = "flat"  # flat = exact inner product
+    nlist: int | None = None  # ivf: inverted lists (None: 4·√corpus size)
+    nprobe: int = 32  # ivf: lists searched per query
+    hnsw_m: int = 32  # hnsw: links per node
+    ef_search: int = 256  # hnsw: search breadth
+    batch_size: int = 64  # texts per forward pass
+    max_length: dict[str, int] = field(default_factory=lambda: {"query": 64, "passage": 512})
+    precision: Literal["fp32", "bf16"] = "fp32"
+    chunk_size: int = 4096  # texts per cached chunk of embeddings: the unit of resumption
+    cache_dir: str | None = None  # embeddings cache (None: <conan-embed cache>/embeddings)
+    device: str | None = None  # None: cuda when available
+
+
+@dataclass
+class RecipeMineConfig(MineConfig):
+    """The recipe's `mine:` step: rank `corpus` for the rows of `input` with `model` and write `output`
+    (all relative to data.dir), after the stage named by `model` (or before the first stage)."""
+
+    model: str = "model"  # "model" (the recipe's base), a stage name, or a model folder / shipped name
+    input: str = "finetune/retrieval.jsonl"
+    corpus: str = "finetune/corpus.jsonl"
+    output: str = "mined/retrieval.jsonl"
+
+
+def check_mine_config(config: MineConfig, prefix: str = "", source=None) -> MineConfig:
+    for key in ("top_k", "nprobe", "hnsw_m", "ef_search", "batch_size", "chunk_size"):
+        value = getattr(config, key)
+        if value <= 0:
+            raise InputError(f"{prefix}{key} must be > 0, got {value}", path=source, field=f"{prefix}{key}")
+    if config.nlist is not None and config.nlist <= 0:
+        raise InputError(f"{prefix}nlist must be > 0, got {config.nlist}", path=source, field=f"{prefix}nlist")
+    for name, cap in config.max_length.items():
+        if name not in ("query", "passage") or cap <= 0:
+            raise InputError(f"{prefix}max_length.{name}: expected query/passage caps > 0, got {cap}", path=source,
+                             field=f"{prefix}max_length.{name}")
+    return config

@@ -1,0 +1,236 @@
+"""Offline candidate pools: `conan-embed mine` ranks a passage corpus for every retrieval row.
+
+For each row, the corpus is ranked by a model (the teacher, the base or a pre-trained stage) and the
+row's top `top_k` ids, without its positives (by id and by identical text), become its `candidates`:
+the ranked list that fine-tuning takes its static hard negatives from and dynamic mining walks down.
+
+- Encoding is the cost, so embeddings are cached on disk under a key made of the model's files, the
+  texts, the prompt, the length cap and the precision, in chunks written atomically: an interrupted
+  `mine` continues from its last finished chunk, and mining again with the same model (another input
+  file over the same corpus, a re-run) encodes nothing.
+- faiss searches: exact inner product by default (cosine: embeddings are normalised); IVF or HNSW for
+  corpora of millions (`MineConfig.index`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conan_embed.data.records import read_corpus, read_records, write_records
+from conan_embed.errors import InputError
+from conan_embed.files import write_json
+from conan_embed.mining.config import MineConfig, check_mine_config
+
+CACHE_VERSION = 1
+# files in a checkpoint folder that do not define the model (hashing optimizer.pt would cost seconds)
+_NOT_MODEL = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "conan_checkpoint.json",
+              "dhnm_state.npz", "rng_state.pth"}
+
+
+def read_query_rows(path: str | Path, corpus_index: dict[str, int]) -> list[dict]:
+    """The rows to mine for; a positive id that is not in the corpus is an error naming the row."""
+    rows = []
+    for number, row in enumerate(read_records(path, "retrieval_query"), 1):
+        for pid in row.get("positive_ids") or ():
+            if str(pid) not in corpus_index:
+                raise InputError(f"positive id {str(pid)!r} is not in the corpus", path=path, row=number,
+                                 field="positive_ids")
+        rows.append(row)
+    if not rows:
+        raise InputError("no rows to mine for", path=path)
+    return rows
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 over a model folder's files (not a checkpoint's optimizer state): the cache key's model part."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(str(path).encode()).hexdigest()  # a hub id: name only
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _NOT_MODEL
+                       and not p.name.startswith("rng_state")):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def texts_digest(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def cache_root(config: MineConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    from conan_embed.assets import cache_dir
+
+    return cache_dir() / "embeddings"
+
+
+def embed_cached(model, texts: list[str], kind: str, config: MineConfig, *, model_key: str,
+                 show_progress: bool = True) -> tuple[np.ndarray, str]:
+    """Normalised float32 embeddings of `texts` as `kind` ("query" / "passage") texts, from the cache
+    where they are there; returns (embeddings, cache key)."""
+    from tqdm.auto import tqdm
+
+    from conan_embed.encode import encode_texts
+    from conan_embed.modeling import text_prompt
+
+    prompt = text_prompt(model.prompts, kind)
+    cap = config.max_length.get(kind)
+    key_parts = {"version": CACHE_VERSION, "model": model_key, "kind": kind, "prompt": prompt, "max_length": cap,
+                 "precision": config.precision, "texts": texts_digest(texts), "count": len(texts),
+                 "chunk_size": config.chunk_size}
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+    folder = cache_root(config) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "key.json", key_parts)
+    chunks = [folder / f"chunk-{i:05d}.npy" for i in range(math.ceil(len(texts) / config.chunk_size))]
+    todo = [i for i, f in enumerate(chunks) if not f.is_file()]
+    step = max(config.batch_size * 8, 1)  # progress granularity inside a chunk
+    with tqdm(total=len(texts), desc=f"encode {kind}s", unit="text", disable=not show_progress) as bar:
+        bar.update(len(texts) - sum(len(texts[i * config.chunk_size:(i + 1) * config.chunk_size]) for i in todo))
+        for i in todo:
+            part = texts[i * config.chunk_size:(i + 1) * config.chunk_size]
+            out = []
+            for at in range(0, len(part), step):
+                out.append(encode_texts(model, part[at: at + step], prompt=prompt, max_length=cap,
+                                        precision=config.precision, batch_size=config.batch_size, show_progress=False))
+                bar.update(len(part[at: at + step]))
+            _save_npy(chunks[i], np.concatenate(out))
+    return np.concatenate([np.load(f) for f in chunks]) if chunks else np.zeros((0, 0), np.float32), key
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def build_index(corpus: np.ndarray, config: MineConfig):
+    """A faiss inner-product index over the corpus embeddings."""
+    import faiss
+
+    n, dim = corpus.shape
+    if config.index == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif config.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * config.hnsw_m)
+        index.hnsw.efSearch = config.ef_search
+    else:
+        nlist = max(1, min(config.nlist or int(4 * math.sqrt(n)), n // 39 or 1))  # faiss wants ~39 points a list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(corpus)
+        index.nprobe = min(config.nprobe, nlist)
+    index.add(corpus)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, *, chunk: int = 2048, show_progress: bool = True):
+    """(scores, corpus indices) of each query's k best, best first; ties by index (deterministic)."""
+    from tqdm.auto import tqdm
+
+    scores = np.zeros((len(queries), k), np.float32)
+    ids = np.zeros((len(queries), k), np.int64)
+    for at in tqdm(range(0, len(queries), chunk), desc="search", unit="chunk", disable=not show_progress):
+        d, i = index.search(np.ascontiguousarray(queries[at: at + chunk]), k)
+        order = np.lexsort((i, -d), axis=1) if d.size else np.zeros_like(i)
+        scores[at: at + len(d)] = np.take_along_axis(d, order, 1)
+        ids[at: at + len(d)] = np.take_along_axis(i, order, 1)
+    return scores, ids
+
+
+def exclusions(rows: list[dict], corpus_ids: list[str], corpus_texts: list[str]) -> list[set[int]]:
+    """Per row, the corpus indices that are its positives: by id, and every entry with a positive's text."""
+    index = {cid: i for i, cid in enumerate(corpus_ids)}
+    by_text: dict[str, list[int]] = {}
+    for i, text in enumerate(corpus_texts):
+        by_text.setdefault(text, []).append(i)
+    out = []
+    for row in rows:
+        excluded = {index[str(p)] for p in row.get("positive_ids") or ()}
+        excluded.update(i for text in row["positives"] for i in by_text.get(text, ()))
+        out.append(excluded)
+    return out
+
+
+def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: str | Path,
+         config: MineConfig | None = None, *, show_progress: bool = True) -> dict:
+    """Rank `corpus_path` for every row of `input_path` with `model` (a folder, a shipped name or a
+    SentenceTransformer) and write the rows with ranked `candidates` to `output_path`; returns the
+    summary also written beside it (`<output>.mine.json`)."""
+    config = check_mine_config(config or MineConfig())
+    start = time.perf_counter()
+    corpus_ids, corpus_texts = read_corpus(corpus_path)
+    if not corpus_ids:
+        raise InputError("the corpus is empty", path=corpus_path)
+    rows = read_query_rows(input_path, {cid: i for i, cid in enumerate(corpus_ids)})
+    excluded = exclusions(rows, corpus_ids, corpus_texts)
+
+    import torch
+
+    from conan_embed.modeling import load_embedder
+
+    if isinstance(model, (str, Path)):
+        from conan_embed.assets import resolve_model
+
+        folder = resolve_model(model)
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        st_model, model_key = load_embedder(folder, device=device), model_fingerprint(folder)
+    else:
+        st_model, model_key = model, _state_fingerprint(model)
+    timings = {}
+    t0 = time.perf_counter()
+    corpus_emb, corpus_key = embed_cached(st_model, corpus_texts, "passage", config, model_key=model_key,
+                                          show_progress=show_progress)
+    query_emb, query_key = embed_cached(st_model, [r["query"] for r in rows], "query", config, model_key=model_key,
+                                        show_progress=show_progress)
+    timings["encode_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    index = build_index(corpus_emb, config)
+    k = min(len(corpus_ids), config.top_k + max(len(e) for e in excluded))
+    scores, ranked = search(index, query_emb, k, show_progress=show_progress)
+    timings["search_s"] = round(time.perf_counter() - t0, 2)
+    short = 0
+    for row, ids, skip in zip(rows, ranked, excluded):
+        row["candidates"] = [corpus_ids[j] for j in ids if j >= 0 and j not in skip][:config.top_k]
+        short += len(row["candidates"]) < config.top_k
+    write_records(output_path, rows, "retrieval")
+    timings["total_s"] = round(time.perf_counter() - start, 2)
+    summary = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+               "model_fingerprint": model_key, "input": str(input_path), "corpus": str(corpus_path),
+               "output": str(output_path), "rows": len(rows), "corpus_size": len(corpus_ids),
+               "top_k": config.top_k, "rows_with_fewer": short, "index": config.index,
+               "cache": {"passage": corpus_key, "query": query_key, "root": str(cache_root(config))},
+               "mean_top1_score": round(float(scores[:, 0].mean()), 5), "timings": timings}
+    write_json(summary_path(output_path), summary)
+    return summary
+
+
+def summary_path(output_path: str | Path) -> Path:
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name.split(".")[0] + ".mine.json")
+
+
+def _state_fingerprint(model) -> str:
+    """A model object's weights, hashed (for models passed in memory rather than as a folder)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
