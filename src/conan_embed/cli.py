@@ -99,11 +99,14 @@ def _recipe(args):
 
 
 def cmd_train_stage(args) -> None:
+    from conan_embed.training.launch import launched_rank_and_world
     from conan_embed.training.stage import train_stage
 
     recipe = _recipe(args)
     summary = train_stage(recipe, args.command, resume=args.resume, overwrite=args.overwrite,
                           stop_after=args.stop_after)
+    if launched_rank_and_world()[0] != 0:
+        return
     if "stopped_at" in summary:
         print(f"stopped after step {summary['stopped_at']}; continue with --resume "
               f"(checkpoints in {summary['checkpoints']})")
@@ -115,9 +118,12 @@ def cmd_train_stage(args) -> None:
 def cmd_run(args) -> None:
     from conan_embed.training.run import run_recipe
 
+    from conan_embed.training.launch import launched_rank_and_world
+
     recipe = _recipe(args)
     run_recipe(recipe, resume=args.resume, overwrite=args.overwrite, evaluate=not args.no_eval)
-    print((Path(recipe.output_dir) / "report.md").read_text())
+    if launched_rank_and_world()[0] == 0:
+        print((Path(recipe.output_dir) / "report.md").read_text())
 
 
 def _add_recipe_args(p, *, stage: bool) -> None:
@@ -127,6 +133,9 @@ def _add_recipe_args(p, *, stage: bool) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the last complete checkpoint" + ("" if stage else "; skip finished stages"))
     p.add_argument("--overwrite", action="store_true", help="delete earlier output and start again")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N processes on this machine (gloo on CPU, NCCL on GPUs); the same as "
+                        "`torchrun --nproc_per_node N -m conan_embed ...` (docs/cbb.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from conan_embed.training.launch import launch_local
+
+        import torch.multiprocessing as mp
+
+        try:
+            launch_local(main, args.nproc, sys.argv[1:] if argv is None else list(argv))
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            print(f"conan-embed {args.command}: error: one of the {args.nproc} processes failed: "
+                  f"{str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command in ("pretrain", "finetune", "run") and "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():  # DeepSpeed, imported by accelerate when installed, would warn about it
+            os.environ["DS_ACCELERATOR"] = "cpu"
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours show the real work

@@ -10,6 +10,7 @@ load the result without conan_embed installed; our own settings (Matryoshka dims
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -108,10 +109,28 @@ def build_embedder(
     return model
 
 
+@contextlib.contextmanager
+def own_storage(model):
+    """Parameters that are views into a larger buffer (DeepSpeed's flat groups) get a copy of their own
+    while the block runs: safetensors refuses to save a tensor that does not cover its whole storage.
+    The originals are put back after, so the optimizer keeps training the same tensors."""
+    swapped = []
+    for p in model.parameters():
+        if p.data.untyped_storage().nbytes() != p.data.numel() * p.data.element_size():
+            swapped.append((p, p.data))
+            p.data = p.data.clone()
+    try:
+        yield model
+    finally:
+        for p, data in swapped:
+            p.data = data
+
+
 def save_embedder(model, path: str | Path) -> Path:
     """Save as a sentence-transformers folder, plus conan_embed.json (Matryoshka dims)."""
     path = Path(path)
-    model.save(str(path))
+    with own_storage(model):
+        model.save(str(path))
     dims = getattr(model, "conan_matryoshka_dims", None) or (model.get_embedding_dimension(),)
     write_json(path / CONAN_CONFIG, {"matryoshka_dims": list(dims)})
     return path

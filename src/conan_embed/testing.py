@@ -25,7 +25,7 @@ def char_vocab(texts: Iterable[str]) -> list[str]:
 
 def tiny_bert(path: str | Path, texts: Iterable[str] = (_DEFAULT_TEXT,), *, hidden: int = 32,
               layers: int = 2, heads: int = 2, intermediate: int = 64, max_positions: int = 128,
-              seed: int = 0) -> Path:
+              seed: int = 0, dropout: float = 0.1) -> Path:
     """Write a random-init BertModel + fast tokenizer to `path` and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -49,7 +49,8 @@ def tiny_bert(path: str | Path, texts: Iterable[str] = (_DEFAULT_TEXT,), *, hidd
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=intermediate,
-                        max_position_embeddings=max_positions)
+                        max_position_embeddings=max_positions, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path

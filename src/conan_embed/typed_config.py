@@ -21,6 +21,15 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _form(tp) -> str:
+    """How an annotation reads in an error message."""
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return _type_name(tp)
+
+
 def _convert(value, tp, key: str, source):
     """`value` checked against the annotation `tp`; nested dataclasses are built recursively."""
     def fail(expected: str):
@@ -31,7 +40,19 @@ def _convert(value, tp, key: str, source):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        return _convert(value, options[0], key, source) if len(options) == 1 else value
+        if len(options) == 1:
+            return _convert(value, options[0], key, source)
+        errors = []
+        for option in options:  # the first form the value fits, in the annotation's order
+            try:
+                return _convert(value, option, key, source)
+            except InputError as exc:
+                errors.append(exc)
+        if isinstance(value, dict):  # a mapping was meant as the dataclass form: its own error is the useful one
+            for option, exc in zip(options, errors):
+                if dataclasses.is_dataclass(option):
+                    raise exc
+        fail(" or ".join(_form(o) for o in options))
     if origin is Literal:
         if value not in args:
             fail("one of " + ", ".join(repr(a) for a in args))

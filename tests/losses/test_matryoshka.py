@@ -106,3 +106,22 @@ def test_bad_dims_or_weights(dims, weights, field):
     with pytest.raises(InputError, match=field) as err:
         MatryoshkaLoss(InfoNCELoss(), dims, weights)
     assert err.value.field == field
+
+
+def test_details_sum_the_losses_and_keep_the_largest_dims_scores():
+    """What the trainer reads: the Matryoshka sum, and the per-example scores of the full dim from the
+    same pass (dynamic hard-negative mining's S_now); every *_loss term is summed too."""
+    from conan_embed.losses import CBBLoss, info_nce_details
+
+    g = torch.Generator().manual_seed(0)
+    q, p, n = (torch.randn(*s, generator=g) for s in ((5, 32), (5, 32), (5, 3, 32)))
+    out = MatryoshkaLoss(InfoNCELoss(0.05), (8, 32)).details(q, p, n)
+    torch.testing.assert_close(out.loss, MatryoshkaLoss(InfoNCELoss(0.05), (8, 32))(q, p, n))
+    full = info_nce_details(q, p, n, 0.05)
+    torch.testing.assert_close(out.negative_scores, full.negative_scores)
+    torch.testing.assert_close(out.positive_scores, full.positive_scores)
+    a, b, y = torch.randn(6, 32, generator=g), torch.randn(6, 32, generator=g), torch.rand(6, generator=g)
+    cbb = MatryoshkaLoss(CBBLoss(beta=0.5), (8, 32)).details(q, p, n[None], a, b, y)
+    torch.testing.assert_close(cbb.loss, cbb.retrieval_loss + 0.5 * cbb.sts_loss)
+    torch.testing.assert_close(cbb.sts_loss, cosent(a[:, :8], b[:, :8], y) + cosent(a, b, y))
+    assert MatryoshkaLoss(CoSENTLoss(), (8, 32)).details(a, b, y).loss.shape == ()  # no details(): LossOutput

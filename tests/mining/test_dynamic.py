@@ -134,6 +134,23 @@ def _dynamic_stage(recipe_dict, tmp_path, name, *, mining, max_steps=9, every=3,
     return recipe_from_dict(dict(recipe_dict, stages={"finetune": stage}, output_dir=str(tmp_path / name)))
 
 
+def _walk_windows(steps, task, *, check_every: int, last: int) -> dict[int, int]:
+    """Check every record's negatives against the forced schedule (each check moves every row seen since
+    its assignment one window on); returns each row's last window."""
+    window, fresh = {}, set()
+    for step, records in steps:
+        for rows, negative_ids in records:
+            for row, ids in zip(rows, negative_ids):
+                i = window.setdefault(row, 1)
+                assert ids == [task.corpus_ids[j] for j in _window(task, row, i)], (step, row, i)
+                fresh.add(row)
+        if step % check_every == 0 and step < last:
+            for row in fresh:
+                window[row] += 1
+            fresh = set()
+    return window
+
+
 def test_replacements_reach_the_next_step(recipe_dict, tmp_path):
     """Forced: every set seen since its assignment is exhausted (min_initial above any cosine). Each row
     walks its windows in order, one window per check it was seen before, and the step after a check
@@ -143,17 +160,7 @@ def test_replacements_reach_the_next_step(recipe_dict, tmp_path):
     seen = Collect()
     summary = train_stage(recipe, "finetune", show_progress=False, callbacks=[seen])
     task = load_tasks(recipe.stages["finetune"].tasks, recipe.data.dir)["retrieval"]
-    window, fresh = {}, set()
-    for step, records in seen.steps:
-        for rows, negative_ids in records:
-            for row, ids in zip(rows, negative_ids):
-                i = window.setdefault(row, 1)
-                assert ids == [task.corpus_ids[j] for j in _window(task, row, i)], (step, row, i)
-                fresh.add(row)
-        if step % 3 == 0 and step < 10:
-            for row in fresh:
-                window[row] += 1
-            fresh = set()
+    window = _walk_windows(seen.steps, task, check_every=3, last=10)
     assert max(window.values()) == 4 and summary["mining"]["retrieval"]["replaced"] == sum(window.values()) - len(window)
     checks = read_log(stage_paths(recipe, "finetune").log, "dhnm")
     assert [c["step"] for c in checks] == [3, 6, 9]  # and none at the last step, 10
@@ -209,3 +216,19 @@ def test_bad_mining_settings_are_named(recipe_dict, train_data, tmp_path):
     recipe_dict["data"]["dir"] = str(tmp_path)
     with pytest.raises(InputError, match="no retrieval task has rows with candidate ids"):
         _miner(recipe_dict, tmp_path)
+
+
+
+def test_dynamic_mining_under_cbb(recipe_dict, tmp_path):
+    """With cross-GPU batch balance (2 virtual retrieval ranks sharing out the negatives, an STS rank in
+    every step), the ranks' shares come from the row's current set, replaced as a whole."""
+    stage = recipe_dict["stages"]["finetune"]
+    stage.update(init="model", max_steps=8, composer={"name": "cbb", "retrieval_ranks": 2},
+                 checkpoint={"every": 8, "keep": 2}, mining={"mode": "dynamic", "check_every": 3, "min_initial": 2.0})
+    stage["tasks"]["retrieval"]["max_rows"] = 12
+    recipe = recipe_from_dict(dict(recipe_dict, stages={"finetune": stage}, output_dir=str(tmp_path / "cbb")))
+    seen = Collect()
+    summary = train_stage(recipe, "finetune", show_progress=False, callbacks=[seen])
+    task = load_tasks(recipe.stages["finetune"].tasks, recipe.data.dir)["retrieval"]
+    windows = _walk_windows(seen.steps, task, check_every=3, last=8)
+    assert max(windows.values()) == 3 and summary["mining"]["retrieval"]["replaced"] == sum(windows.values()) - 12

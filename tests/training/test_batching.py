@@ -61,14 +61,14 @@ def test_missing_corpus_is_named(recipe_dict, train_data):
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_sequential_turns_and_determinism(tasks, grad_accum):
     composer = SequentialTasks(tasks, seed=3, grad_accum=grad_accum)
-    plans = [batch[0] for batch in composer]
+    plans = [batch[0][0] for batch in composer]  # a batch per process: its plans, one per task (one here)
     assert len(plans) == len(composer) and len(composer) % (2 * grad_accum) == 0
     steps = [plans[i:i + grad_accum] for i in range(0, len(plans), grad_accum)]
     assert all(len({p.task for p in step}) == 1 for step in steps)  # a step's micro-batches share a task
     assert [s[0].task for s in steps] == ["retrieval", "sts"] * (len(steps) // 2)
-    assert [b[0] for b in composer] == plans  # same (seed, epoch): same plans
+    assert [b[0][0] for b in composer] == plans  # same (seed, epoch): same plans
     composer.set_epoch(1)
-    again = [b[0] for b in composer]
+    again = [b[0][0] for b in composer]
     assert again != plans and all(p.epoch == 1 for p in again)
     rows = [r for p in plans if p.task == "sts" for r in p.rows]
     assert len(rows) == len(set(rows))  # no row twice in one epoch
@@ -88,7 +88,7 @@ def test_every_rank_trains_the_same_task_in_a_step(tasks):
     from accelerate.data_loader import BatchSamplerShard
 
     composer = SequentialTasks(tasks, seed=0, grad_accum=2, world_size=2)
-    per_rank = [[b[0] for b in BatchSamplerShard(composer, num_processes=2, process_index=r)] for r in (0, 1)]
+    per_rank = [[b[0][0] for b in BatchSamplerShard(composer, num_processes=2, process_index=r)] for r in (0, 1)]
     assert len(per_rank[0]) == len(per_rank[1]) == len(composer) // 2
     for i in range(0, len(per_rank[0]), 2):  # 2 micro-batches per step on each rank
         step = per_rank[0][i:i + 2] + per_rank[1][i:i + 2]

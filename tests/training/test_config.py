@@ -37,6 +37,8 @@ def test_conan_v1_recipe_has_the_paper_settings():
     m = ft.mining
     assert (m.mode, m.check_every, m.ratio, m.max_score, m.absolute, m.min_initial) == ("dynamic", 100, 1.15, 0.8, True, None)
     assert r.mine.model == "pretrain" and ft.tasks["retrieval"].file == r.mine.output and r.mine.top_k == 200
+    assert ft.composer_config.name == "cbb" and ft.composer_config.beta == 0.8 and ft.composer_config.sts_ranks == 1
+    assert not ft.tasks["classification"].loss.in_batch
 
 
 def test_dhnm_demo_recipes_load():

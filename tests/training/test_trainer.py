@@ -9,22 +9,10 @@ import torch
 from transformers import TrainerCallback
 
 from conan_embed.errors import InputError
-from conan_embed.losses import InfoNCELoss, MatryoshkaLoss, info_nce_details
 from conan_embed.testing import crash_after_step
 from conan_embed.training.callbacks import StepRecordCallback
 from conan_embed.training.config import recipe_from_dict
 from conan_embed.training.stage import stage_paths, train_stage
-from conan_embed.training.trainer import matryoshka_info_nce
-
-
-def test_matryoshka_info_nce_equals_the_loss_modules():
-    g = torch.Generator().manual_seed(0)
-    q, p, n = (torch.randn(*s, generator=g) for s in ((5, 32), (5, 32), (5, 3, 32)))
-    loss, out = matryoshka_info_nce(q, p, n, (8, 32), 0.05)
-    assert torch.allclose(loss, MatryoshkaLoss(InfoNCELoss(0.05), (8, 32))(q, p, n))
-    full = info_nce_details(q, p, n, 0.05)
-    assert torch.allclose(out.negative_scores, full.negative_scores)
-    assert torch.allclose(out.positive_scores, full.positive_scores)
 
 
 def _single_stage(recipe_dict, *, grad_accum=2, precision="fp32", max_steps=8, every=3):

@@ -5,11 +5,16 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conan_embed.errors import InputError
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor
 
 
 def _is_embedding(value) -> bool:
@@ -61,12 +66,23 @@ class MatryoshkaLoss(nn.Module):
         self.loss, self.dims, self.weights = loss, dims, tuple(float(w) for w in weights)
 
     def forward(self, *args, **kwargs) -> Tensor:
+        return self.details(*args, **kwargs).loss
+
+    def details(self, *args, **kwargs):
+        """The inner loss's `details()` output (a `LossOutput` for losses without one) with every loss
+        field (`loss`, `*_loss`) summed over the dims with their weights, and every other field (the
+        per-example scores dynamic hard-negative mining reads) taken at the largest dim."""
         self._check_sizes(args, kwargs)
-        total = 0.0
+        sums, top, largest = {}, None, max(self.dims)
         for dim, weight in zip(self.dims, self.weights):
-            total = total + weight * self.loss(*(_shrink(a, dim) for a in args),
-                                               **{k: _shrink(v, dim) for k, v in kwargs.items()})
-        return total
+            a, k = tuple(_shrink(x, dim) for x in args), {n: _shrink(v, dim) for n, v in kwargs.items()}
+            out = self.loss.details(*a, **k) if hasattr(self.loss, "details") else LossOutput(self.loss(*a, **k))
+            for name, value in out._asdict().items():
+                if (name == "loss" or name.endswith("_loss")) and value is not None:
+                    sums[name] = sums.get(name, 0.0) + weight * value
+            if dim == largest:
+                top = out
+        return top._replace(**sums)
 
     def _check_sizes(self, args: tuple, kwargs: dict) -> None:
         values = list(args) + list(kwargs.values())

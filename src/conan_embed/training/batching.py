@@ -1,12 +1,16 @@
 """Batch composition: the one pluggable object that decides which rows of which task form each step.
 
-A composer is a torch batch sampler whose batches are ``[StepPlan]`` (one plan per micro-batch): the
-DataLoader carries plans only and the trainer turns a plan into texts at step time. A composer must be
-deterministic in ``(seed, epoch)``: resuming re-walks the epoch and skips the batches already trained.
+A composer is a torch batch sampler whose batches are ``[(StepPlan, ...)]``: per micro-batch and
+process, the plans of the tasks that process trains (one for sequential tasks, one per task for CBB).
+The DataLoader carries plans only and the trainer turns them into texts at step time. Accelerate hands
+batch i to process i mod W, so a composer yields the W processes' batches of a micro-batch in rank
+order. A composer must be deterministic in ``(seed, epoch)``: resuming re-walks the epoch and skips
+the batches already trained.
 
-``SequentialTasks`` is the paper's vanilla multi-task baseline: the tasks take turns step by step, one
-task per optimizer step (the gradient-accumulation micro-batches of a step stay on one task). The
-cross-GPU batch balance composer (every step holds every task) plugs in beside it.
+- ``SequentialTasks``: the paper's vanilla multi-task baseline. Tasks take turns step by step, one task
+  per optimizer step (every process and micro-batch of a step trains that task).
+- ``CrossGPUBatchBalance``: every step holds every task (Conan-Embedding §3.3). Retrieval ranks get the
+  same rows and different shares of their hard negatives; STS ranks get STS batches (`cbb_roles`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+from conan_embed.training.config import ComposerConfig
+from conan_embed.training.distributed import cbb_roles
 from conan_embed.training.tasks import StepPlan, TrainingTask
 
 
@@ -40,12 +46,23 @@ class BatchComposer(Sampler):
     batch_size = 1
     drop_last = True
 
-    def __init__(self, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int = 1, world_size: int = 1):
+    def __init__(self, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int = 1, world_size: int = 1,
+                 config: ComposerConfig | None = None):
         if not tasks:
             raise ValueError("a composer needs at least one task")
         self.tasks, self.seed, self.grad_accum, self.epoch = tasks, seed, grad_accum, 0
         # accelerate hands batch i to rank i mod world_size: a step is grad_accum x world_size plans
         self.world_size = world_size
+        self.config = config or ComposerConfig(name=self.name)
+
+    def _batches(self) -> dict[str, list[tuple[int, ...]]]:
+        """Each task's batches of this epoch: a fresh permutation of its rows, seeded by seed + epoch."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = {}
+        for name, task in self.tasks.items():
+            order = torch.randperm(len(task), generator=generator).tolist()
+            batches[name] = deduplicated_batches(task, order, task.config.batch_size)
+        return batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -68,21 +85,54 @@ class SequentialTasks(BatchComposer):
         return self._steps_per_task() * self.plans_per_step * len(self.tasks)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = {}
-        for name, task in self.tasks.items():
-            order = torch.randperm(len(task), generator=generator).tolist()
-            batches[name] = deduplicated_batches(task, order, task.config.batch_size)
+        batches = self._batches()
         k = self.plans_per_step
         for step in range(self._steps_per_task()):
             for name in self.tasks:  # every rank and micro-batch of a step trains the same task
                 for i in range(k):
-                    yield [StepPlan(name, batches[name][step * k + i], self.epoch)]
+                    yield [(StepPlan(name, batches[name][step * k + i], self.epoch),)]
 
 
-COMPOSERS = {SequentialTasks.name: SequentialTasks}
+class CrossGPUBatchBalance(BatchComposer):
+    """Every step holds every task. Per micro-batch: every retrieval task's next batch of rows, given to
+    every retrieval rank with that rank's share of each row's hard negatives, and S STS batches of every
+    STS task, one per STS rank. With one process, one batch holds every role (virtual ranks). An epoch
+    ends when a task runs out of full batches (an STS task uses S batches a step)."""
+
+    name = "cbb"
+
+    def __init__(self, tasks: dict[str, TrainingTask], **kwargs):
+        super().__init__(tasks, **kwargs)
+        self.roles = cbb_roles(self.world_size, self.config.sts_ranks, self.config.retrieval_ranks)
+        self.shares = sum(len(r.negative_shares) for r in self.roles)  # N: retrieval ranks, real or virtual
+
+    def _uses(self, task: TrainingTask) -> int:
+        return self.config.sts_ranks if task.kind == "sts" else 1
+
+    def _steps(self) -> int:
+        return min(len(t) // t.config.batch_size // self._uses(t) for t in self.tasks.values()) // self.grad_accum
+
+    def __len__(self) -> int:
+        return self._steps() * self.grad_accum * self.world_size
+
+    def __iter__(self):
+        batches = self._batches()
+        for micro in range(self._steps() * self.grad_accum):
+            for role in self.roles:  # in rank order
+                parts = []
+                for name, task in self.tasks.items():
+                    if task.kind == "sts":
+                        parts += [StepPlan(name, batches[name][micro * self.config.sts_ranks + j], self.epoch)
+                                  for j in role.sts_batches]
+                    elif role.retrieval:
+                        parts.append(StepPlan(name, batches[name][micro], self.epoch, role.negative_shares,
+                                              self.shares))
+                yield [tuple(parts)]
 
 
-def build_composer(name: str, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int,
+COMPOSERS = {SequentialTasks.name: SequentialTasks, CrossGPUBatchBalance.name: CrossGPUBatchBalance}
+
+
+def build_composer(config: ComposerConfig, tasks: dict[str, TrainingTask], *, seed: int, grad_accum: int,
                    world_size: int = 1) -> BatchComposer:
-    return COMPOSERS[name](tasks, seed=seed, grad_accum=grad_accum, world_size=world_size)
+    return COMPOSERS[config.name](tasks, seed=seed, grad_accum=grad_accum, world_size=world_size, config=config)

@@ -131,7 +131,8 @@ class TrainingMonitor(StepRecordCallback):
         self.step_start = now
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{self.ema_loss:.4f}" if self.ema_loss is not None else "nan",
-                                 task=records[0].task if records else "", pairs_s=f"{rate:.1f}", refresh=False)
+                                 task="+".join(dict.fromkeys(r.task for r in records)), pairs_s=f"{rate:.1f}",
+                                 refresh=False)
             self.bar.update(1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -66,11 +66,21 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[11:]), default=None)
 
 
+def _added_settings() -> dict:
+    """Stage settings that later versions added, with the value a run written before them had: a saved
+    fingerprint without such a key was trained that way, so resuming it is no change."""
+    from conan_embed.training.config import MiningConfig
+
+    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig())}
+
+
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
-    keys = []
+    """Dotted keys whose values differ between two nested mappings (`old` is what a checkpoint saved)."""
+    keys, added = [], _added_settings()
     for key in sorted(set(old) | set(new)):
         a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
+        if key not in old and key in added and b == added[key]:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             keys += changed_keys(a, b, dotted + ".")
         elif a != b:

@@ -30,6 +30,9 @@ class LossConfig:
     temperature: float = 0.05  # InfoNCE; the paper gives none (FlagEmbedding uses 0.02)
     scale: float = 20.0  # CoSENT
     weight: float = 1.0  # multiplies the task's loss
+    # retrieval: other queries' positives and negatives count as negatives too. Off for classification
+    # as retrieval: a batch holds many texts of the query's own class, which are not negatives.
+    in_batch: bool = True
 
 
 @dataclass
@@ -47,6 +50,19 @@ class TaskConfig:
     max_rows: int | None = None  # train on a fixed random sample of this many rows (None: all)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class ComposerConfig:
+    """How tasks share steps (docs/cbb.md). `sequential`: tasks take turns, one per step (the paper's
+    baseline). `cbb`: cross-GPU batch balance, every step holds every task."""
+
+    name: Literal["sequential", "cbb"] = "sequential"
+    # cbb: retrieval ranks (each holds 1/N of every row's hard negatives). With one process they are
+    # virtual: the N shares are embedded in that process. With W processes: W - sts_ranks (the default).
+    retrieval_ranks: int | None = None
+    sts_ranks: int = 1  # cbb: ranks (virtual with one process) that each run one STS batch
+    beta: float = 0.8  # cbb: weight of the STS term (paper: 0.8)
 
 
 @dataclass
@@ -89,7 +105,7 @@ class StageConfig:
     max_steps: int
     tasks: dict[str, TaskConfig]
     init: str = "model"  # "model" (the recipe's model section), an earlier stage's name, or a model folder
-    composer: Literal["sequential"] = "sequential"
+    composer: ComposerConfig | Literal["sequential", "cbb"] = "sequential"  # a name: that composer's defaults
     mining: MiningConfig = field(default_factory=MiningConfig)
     max_length: dict[str, int] = field(default_factory=dict)  # overrides model.max_length for this stage
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,6 +115,10 @@ class StageConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: str | None = None  # a DeepSpeed JSON config, relative to the recipe file
+
+    @property
+    def composer_config(self) -> ComposerConfig:
+        return ComposerConfig(name=self.composer) if isinstance(self.composer, str) else self.composer
 
 
 @dataclass
@@ -206,6 +226,7 @@ def _validate(recipe: Recipe) -> None:
         if not stage.tasks:
             raise InputError(f"{p}.tasks is empty", path=src, field=f"{p}.tasks")
         _check_mining(stage, p, src)
+        _check_composer(stage, p, src)
         for tname, task in stage.tasks.items():
             t = f"{p}.tasks.{tname}"
             _positive(task.batch_size, f"{t}.batch_size", src)
@@ -235,6 +256,28 @@ def _check_mine_step(recipe: Recipe) -> None:
             if task.file == m.output:
                 raise InputError(f"stages.{name}.tasks.{tname} reads {m.output!r}, which mine writes only after stage "
                                  f"{m.model!r}", path=src, field=f"stages.{name}.tasks.{tname}.file")
+
+
+def _check_composer(stage: StageConfig, p: str, src) -> None:
+    c, key = stage.composer_config, f"{p}.composer"
+    if c.name != "cbb":
+        return
+    if c.retrieval_ranks is not None:
+        _positive(c.retrieval_ranks, f"{key}.retrieval_ranks", src)
+    _positive(c.sts_ranks, f"{key}.sts_ranks", src, allow_zero=True)
+    _positive(c.beta, f"{key}.beta", src, allow_zero=True)
+    kinds = {t.kind for t in stage.tasks.values()}
+    if "pairs" in kinds or "retrieval" not in kinds:
+        raise InputError(f"{key}: cbb trains retrieval (and STS) tasks together; this stage has "
+                         f"{', '.join(f'{n} ({t.kind})' for n, t in stage.tasks.items())}", path=src, field=f"{key}.name")
+    if "sts" in kinds and c.sts_ranks == 0:
+        raise InputError(f"{key}.sts_ranks is 0 but the stage has an STS task", path=src, field=f"{key}.sts_ranks")
+    n = c.retrieval_ranks or 1
+    for name, task in stage.tasks.items():
+        if task.kind == "retrieval" and task.negatives.count % n:
+            raise InputError(f"{p}.tasks.{name}.negatives.count {task.negatives.count} does not split into "
+                             f"{n} retrieval ranks: each row's hard negatives are shared out equally",
+                             path=src, field=f"{p}.tasks.{name}.negatives.count")
 
 
 def _check_mining(stage: StageConfig, p: str, src) -> None:

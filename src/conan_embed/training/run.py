@@ -28,6 +28,7 @@ from conan_embed.errors import InputError
 from conan_embed.files import write_json, write_text_atomic
 from conan_embed.training.callbacks import plot_loss_curve, read_log
 from conan_embed.training.config import Recipe
+from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.stage import init_model_path, stage_paths, train_stage
 
 
@@ -136,8 +137,21 @@ def _scores(result: dict) -> dict:
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, evaluate: bool = True,
-               show_progress: bool = True) -> dict:
-    """Run the whole recipe; returns metrics.json's content."""
+               show_progress: bool = True) -> dict | None:
+    """Run the whole recipe; returns metrics.json's content.
+
+    Launched on several processes (torchrun, `--nproc`), every process trains and rank 0 alone builds
+    data, curates, mines, evaluates and writes the report; the others wait for it and return None."""
+    init_from_launch()
+    mine_after = recipe.mine.model if recipe.mine is not None and recipe.mine.model in recipe.stages else None
+    if launched_rank_and_world()[0] != 0:
+        barrier()  # rank 0 prepares the folder and the data
+        for name in [None, *recipe.stages]:
+            if name is not None:
+                train_stage(recipe, name, resume=resume, show_progress=False)
+            if recipe.mine is not None and name == mine_after:
+                barrier()  # rank 0 mines
+        return None
     start = time.perf_counter()
     run_dir = Path(recipe.output_dir)
     if overwrite and run_dir.exists():
@@ -165,10 +179,10 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     if curation is not None:
         timings["curate_s"] = round(time.perf_counter() - t0, 1)
     check_data_files(recipe)
+    barrier()
 
     base_path = Path(init_model_path(recipe, next(iter(recipe.stages))))
     stages, mining = {}, None
-    mine_after = recipe.mine.model if recipe.mine is not None and recipe.mine.model in recipe.stages else None
     for name in [None, *recipe.stages]:
         if name is not None:
             _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
@@ -180,6 +194,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
             t0 = time.perf_counter()
             mining = mine_candidates(recipe, show_progress=show_progress)
             timings["mine_s"] = round(time.perf_counter() - t0, 1)
+            barrier()
     final_stage = list(recipe.stages)[-1]
     final = run_dir / "model"
     if final.exists():

@@ -26,6 +26,7 @@ from conan_embed.training.batching import build_composer
 from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
                                             truncate_log)
 from conan_embed.training.config import Recipe, StageConfig, resolve_relative
+from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.checkpoint import changed_keys, last_complete_checkpoint, read_marker, stage_fingerprint
 from conan_embed.training.tasks import load_tasks
 from conan_embed.training.trainer import ConanLoss, ConanTrainer
@@ -144,15 +145,13 @@ def training_arguments(recipe: Recipe, stage: StageConfig, paths: StagePaths):
         report_to="none",  # TensorBoard is added explicitly, writing to <stage>/tensorboard
         disable_tqdm=True,  # our TrainingMonitor draws the bar
         dataloader_num_workers=0,
+        dataloader_drop_last=True,  # composers yield full batches only; said explicitly, DDP stays quiet
         seed=recipe.seed,
     )
 
 
-def _prepare_folder(recipe: Recipe, name: str, paths: StagePaths, fingerprint: dict, *, resume: bool,
-                    overwrite: bool) -> Path | None:
+def _prepare_folder(recipe: Recipe, name: str, paths: StagePaths, fingerprint: dict, *, resume: bool) -> Path | None:
     """Check what is already in the stage folder; return the checkpoint to resume from (if any)."""
-    if overwrite and paths.root.exists():
-        shutil.rmtree(paths.root)
     if not paths.root.exists() or not any(paths.root.iterdir()):
         return None
     if not resume:
@@ -211,9 +210,15 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
                              f"--overwrite to train it again", path=recipe.source, field=diff[0])
         return summary
     tasks = load_tasks(stage.tasks, recipe.data.dir, key=f"stages.{name}.tasks")
-    checkpoint = _prepare_folder(recipe, name, paths, fingerprint, resume=resume, overwrite=overwrite)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    truncate_log(paths.log, int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    init_from_launch()  # several processes: rank 0 alone touches the stage folder outside training
+    main = launched_rank_and_world()[0] == 0
+    if main and overwrite and paths.root.exists():
+        shutil.rmtree(paths.root)
+    barrier()
+    checkpoint = _prepare_folder(recipe, name, paths, fingerprint, resume=resume)
+    if main:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        truncate_log(paths.log, int(checkpoint.name.split("-")[1]) if checkpoint else 0)
 
     from transformers import set_seed
     from transformers.integrations import TensorBoardCallback
@@ -222,11 +227,11 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         set_seed(recipe.seed)
         model, init_path = build_stage_model(recipe, name)
         args = training_arguments(recipe, stage, paths)
-        composer = build_composer(stage.composer, tasks, seed=recipe.seed, grad_accum=stage.grad_accum,
+        composer = build_composer(stage.composer_config, tasks, seed=recipe.seed, grad_accum=stage.grad_accum,
                                   world_size=args.world_size)
         all_callbacks = [TrainingMonitor(paths.log, paths.root / "loss.png", title=f"{recipe.name}: {name}",
                                          show_progress=show_progress), SaveFinalCheckpoint()]
-        if stage.log.tensorboard:
+        if stage.log.tensorboard and main:
             from tensorboardX import SummaryWriter
 
             all_callbacks.append(TensorBoardCallback(SummaryWriter(str(paths.root / "tensorboard"))))
@@ -240,7 +245,8 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
                                              source=recipe.source)
         trainer = ConanTrainer(
             model=model, args=args,
-            loss=ConanLoss(model, model.conan_matryoshka_dims), tasks=tasks, composer=composer,
+            loss=ConanLoss(model, model.conan_matryoshka_dims, tasks, stage.composer_config), tasks=tasks,
+            composer=composer,
             max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}), negatives=miner,
             checkpoint_info={"fingerprint": fingerprint}, callbacks=all_callbacks + list(callbacks))
         start = time.perf_counter()
@@ -251,7 +257,9 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
 
         from conan_embed.modeling import save_embedder
 
-        save_embedder(model, paths.model)
+        if main:
+            save_embedder(model, paths.model)
+        barrier()
     log = read_log(paths.log)
     rates = {}  # per task, from the lines that cover one task only (tasks differ several-fold in speed)
     for r in log:
@@ -275,5 +283,6 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         "mining": miner.summary() if miner is not None else None,
         "fingerprint": fingerprint,
     }
-    write_json(paths.summary, summary)
+    if main:
+        write_json(paths.summary, summary)
     return summary

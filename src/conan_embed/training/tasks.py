@@ -31,12 +31,16 @@ RECORD_KIND = {"pairs": "weak_pair", "retrieval": "retrieval", "sts": "sts"}
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One micro-batch: which rows of which task. Every random choice is in here (rows come from the
+    """Which rows of which task one process trains on in one micro-batch (a micro-batch may hold one
+    plan per task: cross-GPU batch balance). Every random choice is in here (rows come from the
     composer's seeded permutation; the positive picked for a row cycles with the epoch)."""
 
     task: str
     rows: tuple[int, ...]
     epoch: int = 0
+    # cbb: which of `share_count` equal shares of each row's hard negatives this process embeds
+    shares: tuple[int, ...] | None = None  # None: all of them
+    share_count: int = 1
 
 
 @dataclass
@@ -176,12 +180,20 @@ class TrainingTask:
         for k, (i, r) in enumerate(zip(plan.rows, rows)):
             window = negatives[k] if negatives is not None and negatives[k][0] >= 0 else self.negative_window(i)
             if len(window):
-                negative_ids.append([self.corpus_ids[j] for j in window])
-                texts.append([self.corpus_texts[j] for j in window])
+                ids_, texts_ = [self.corpus_ids[j] for j in window], [self.corpus_texts[j] for j in window]
             else:
-                negative_ids.append(list(range(count)))
-                texts.append(r["negatives"][:count])
+                ids_, texts_ = list(range(count)), r["negatives"][:count]
+            negative_ids.append(_shares(ids_, plan))
+            texts.append(_shares(texts_, plan))
         return TaskBatch(self.name, ids, [r["query"] for r in rows], positives, texts, negative_ids)
+
+
+def _shares(items: list, plan: StepPlan) -> list:
+    """The plan's shares of a row's negatives (share s of m: items s·n/m .. (s+1)·n/m)."""
+    if plan.shares is None:
+        return items
+    size = len(items) // plan.share_count
+    return [x for s in plan.shares for x in items[s * size:(s + 1) * size]]
 
 
 def load_tasks(tasks: dict[str, TaskConfig], data_dir: str | Path, *, key: str = "tasks") -> dict[str, TrainingTask]:

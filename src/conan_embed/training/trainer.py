@@ -4,9 +4,11 @@ Everything else comes from Hugging Face (AdamW with linear warmup, bf16/fp16 aut
 accumulation and clipping, activation checkpointing, DeepSpeed, checkpoints with optimizer, scheduler
 and RNG state, exact skip-ahead on resume). What we replace (docs/design-training.md §1):
 
-- the DataLoader yields plans from a pluggable `BatchComposer`, not tokenised columns;
-- `compute_loss` turns a plan into texts now (hard negatives looked up at step time), tokenises each
-  field with its own length cap and prompt, embeds, and calls our embedding-level losses;
+- the DataLoader yields plans from a pluggable `BatchComposer`, not tokenised columns: per process and
+  micro-batch, one plan per task it trains (one task in turn, or every task with cross-GPU batch balance);
+- `compute_loss` turns plans into texts now (hard negatives looked up at step time), tokenises each
+  field with its own length cap and prompt, embeds, and calls each task's loss module from losses/
+  (`task_loss_module`; with cbb, every retrieval rank's negatives are gathered first);
 - every micro-batch leaves a `StepRecord` (ids, per-example positive and hard-negative cosines, loss)
   for callbacks: hard-negative mining reads them without a second forward pass.
 """
@@ -17,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from sentence_transformers import SentenceTransformerTrainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.trainer_callback import PrinterCallback
 
 from conan_embed.files import write_json
-from conan_embed.losses import cosent, info_nce_details
-from conan_embed.losses.infonce import InfoNCEOutput
-from conan_embed.modeling import CONAN_CONFIG, text_prompt
+from conan_embed.losses import CBBLoss, CoSENTLoss, InfoNCELoss, MatryoshkaLoss
+from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
 from conan_embed.training.checkpoint import load_checkpoint_extras, save_checkpoint_extras
+from conan_embed.training.config import ComposerConfig
+from conan_embed.training.distributed import gather_with_grad
 from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
 
 
@@ -59,32 +61,29 @@ class StepRecord:
                           cpu(self.negative_scores), self.negative_ids)
 
 
-def _truncate(x: Tensor | None, dim: int) -> Tensor | None:
-    return None if x is None else F.normalize(x[..., :dim], dim=-1)
-
-
-def matryoshka_info_nce(query: Tensor, positive: Tensor, negatives: Tensor | None, dims, temperature: float,
-                        ) -> tuple[Tensor, InfoNCEOutput]:
-    """Σ_d InfoNCE at each Matryoshka dim (= MatryoshkaLoss(InfoNCELoss)), plus the per-example scores
-    of the largest dim from the same pass."""
-    total, out = 0.0, None
-    for dim in sorted(dims):
-        out = info_nce_details(_truncate(query, dim), _truncate(positive, dim), _truncate(negatives, dim),
-                               temperature)
-        total = total + out.loss
-    return total, out
-
-
-def matryoshka_cosent(emb1: Tensor, emb2: Tensor, labels: Tensor, dims, scale: float) -> Tensor:
-    return sum(cosent(_truncate(emb1, d), _truncate(emb2, d), labels, scale) for d in sorted(dims))
+def task_loss_module(task: TrainingTask, dims, composer: ComposerConfig) -> MatryoshkaLoss:
+    """A task's loss, from losses/, wrapped in Matryoshka: CoSENT for STS; InfoNCE for pairs and
+    retrieval, or the cross-GPU batch balance loss's retrieval term when the stage composes with cbb."""
+    cfg = task.config.loss
+    if task.kind == "sts":
+        inner = CoSENTLoss(cfg.scale)
+    elif composer.name == "cbb":
+        inner = CBBLoss(cfg.temperature, beta=composer.beta, in_batch=cfg.in_batch)
+    else:
+        inner = InfoNCELoss(cfg.temperature, in_batch=cfg.in_batch)
+    return MatryoshkaLoss(inner, sorted(dims))
 
 
 class ConanLoss(nn.Module):
-    """Holds the model: sentence-transformers builds the optimizer from the loss module's parameters."""
+    """Holds the model (sentence-transformers builds the optimizer from the loss module's parameters)
+    and each task's loss module (`task_loss_module`)."""
 
-    def __init__(self, model: nn.Module, dims):
+    def __init__(self, model: nn.Module, dims, tasks: dict[str, TrainingTask] | None = None,
+                 composer: ComposerConfig | None = None):
         super().__init__()
         self.model, self.dims = model, tuple(dims)
+        self.composer = composer or ComposerConfig()
+        self.task_losses = {name: task_loss_module(t, self.dims, self.composer) for name, t in (tasks or {}).items()}
 
 
 class _PlanDataset(Dataset):
@@ -143,36 +142,126 @@ class ConanTrainer(SentenceTransformerTrainer):
         features = {k: v.to(self.args.device) if isinstance(v, Tensor) else v for k, v in features.items()}
         return model(features)["sentence_embedding"]
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """With one process playing every CBB rank, one backward per task: the gradients add up to those of
+        the summed loss, and only one task's activations are held at a time (3 tasks: a third of the
+        memory, and faster on CPUs). Several processes (DDP all-reduces on every backward) and DeepSpeed
+        (which counts backward calls as micro-batches) take the whole micro-batch in one backward."""
+        parts = inputs["plan"]
+        if (self.loss.composer.name != "cbb" or len(parts) == 1 or len(self.composer.roles) > 1
+                or self.is_deepspeed_enabled):
+            return super().training_step(model, inputs, num_items_in_batch)
+        return sum(super(ConanTrainer, self).training_step(model, {"plan": (plan,)}, num_items_in_batch)
+                   for plan in parts)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        plan: StepPlan = inputs["plan"]
-        task = self.tasks[plan.task]
-        batch = task.texts(plan, self.negatives.lookup(plan.task, plan.rows) if self.negatives is not None else None)
-        loss, record = self.task_loss(model, task, batch, plan)
-        self.step_records.append(record)
+        parts: tuple[StepPlan, ...] = inputs["plan"]
+        if self.loss.composer.name == "cbb":
+            loss = self.balanced_loss(model, parts)
+        else:
+            (plan,) = parts
+            loss = self.plan_loss(model, plan)
         return (loss, {}) if return_outputs else loss
 
-    def task_loss(self, model, task: TrainingTask, batch: TaskBatch, plan: StepPlan) -> tuple[Tensor, StepRecord]:
-        cfg, dims = task.config.loss, self.loss.dims
+    def plan_texts(self, plan: StepPlan) -> tuple[TrainingTask, TaskBatch]:
+        """The plan's texts, with the hard negatives the miner holds now (or the static ones)."""
+        task = self.tasks[plan.task]
+        negatives = self.negatives.lookup(plan.task, plan.rows) if self.negatives is not None else None
+        return task, task.texts(plan, negatives)
+
+    def encode_batch(self, model, task: TrainingTask, batch: TaskBatch) -> dict[str, Tensor]:
         n = len(batch.queries)
         if task.kind == "sts":
             # one encoder pass for both sides (same prompt and cap): half the embedding-table gradients
             both = self.embed(model, batch.queries + batch.passages, "query")
-            labels = torch.tensor(batch.labels, device=both.device)
-            loss = cfg.weight * matryoshka_cosent(both[:n], both[n:], labels, dims, cfg.scale)
-            return loss, StepRecord(task.name, plan.rows, batch.ids, loss.detach())
+            return {"sts_a": both[:n], "sts_b": both[n:], "labels": torch.tensor(batch.labels, device=both.device)}
         q = self.embed(model, batch.queries, "query")
         # positives and hard negatives share the passage prompt and cap: one pass, as MNRL does
         flat = [text for row in batch.negatives for text in row] if batch.negatives is not None else []
         docs = self.embed(model, batch.passages + flat, "passage")
-        p, negatives = docs[:n], (docs[n:].reshape(n, -1, q.shape[-1]) if flat else None)
-        loss, out = matryoshka_info_nce(q, p, negatives, dims, cfg.temperature)
-        loss = cfg.weight * loss
+        return {"query": q, "positive": docs[:n],
+                "negatives": docs[n:].reshape(n, -1, q.shape[-1]) if flat else None}
+
+    def record(self, task: TrainingTask, plan: StepPlan, batch: TaskBatch, loss: Tensor, out) -> None:
         # tensors stay on the device: moving them to the CPU here would make a GPU wait before backward
-        return loss, StepRecord(task.name, plan.rows, batch.ids, loss.detach(), out.positive_scores,
-                                out.negative_scores, batch.negative_ids)
+        scores = getattr(out, "negative_scores", None) is not None
+        self.step_records.append(StepRecord(task.name, plan.rows, batch.ids, loss.detach(),
+                                            out.positive_scores if scores else None,
+                                            out.negative_scores if scores else None,
+                                            batch.negative_ids if scores else None))
+
+    def plan_loss(self, model, plan: StepPlan) -> Tensor:
+        """One task's micro-batch (sequential tasks)."""
+        task, batch = self.plan_texts(plan)
+        emb, loss_fn = self.encode_batch(model, task, batch), self.loss.task_losses[task.name]
+        if task.kind == "sts":
+            out = loss_fn.details(emb["sts_a"], emb["sts_b"], emb["labels"])
+        else:
+            out = loss_fn.details(emb["query"], emb["positive"], emb["negatives"])
+        loss = task.config.loss.weight * out.loss
+        self.record(task, plan, batch, loss, out)
+        return loss
+
+    def balanced_loss(self, model, parts: tuple[StepPlan, ...]) -> Tensor:
+        """A cross-GPU batch balance micro-batch on this process (docs/cbb.md):
+        Σ_retrieval w·L_CBB(q, p, every retrieval rank's negatives) + β·mean_STS-batches Σ_sts w·CoSENT.
+
+        Each process returns its own part, scaled so that the gradient Hugging Face averages over the W
+        processes equals the one-process loss's: retrieval terms by W over the processes that compute
+        them (the gather's backward sums the N ranks' identical query-side losses into every rank's
+        negatives), STS terms by W/S (each of the S batches runs once). With one process: 1 and 1/S."""
+        roles, composer = self.composer.roles, self.loss.composer
+        world = len(roles)
+        retrieval_scale = world / sum(r.retrieval for r in roles)
+        sts_scale = world / composer.sts_ranks if composer.sts_ranks else 0.0  # no STS task then
+        total = 0.0
+        # STS first: on an STS rank the gathers below then come last in the graph and first in backward
+        for plan in (p for p in parts if self.tasks[p.task].kind == "sts"):
+            task, batch = self.plan_texts(plan)
+            emb = self.encode_batch(model, task, batch)
+            out = self.loss.task_losses[task.name].details(emb["sts_a"], emb["sts_b"], emb["labels"])
+            loss = task.config.loss.weight * out.loss
+            total = total + sts_scale * composer.beta * loss
+            self.record(task, plan, batch, loss, out)
+        mine = {p.task: p for p in parts}
+        for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
+            if task.name not in mine:
+                if world > 1:  # an STS rank: its zeros join the gather, so every process runs the same collectives
+                    total = total + 0.0 * self.gather_shares(None, task).sum()
+                continue
+            plan = mine[task.name]
+            _, batch = self.plan_texts(plan)
+            emb = self.encode_batch(model, task, batch)
+            b, dim = emb["query"].shape
+            # [B, L·K, D] (share-major per row) -> [L, B, K, D]
+            local = emb["negatives"].reshape(b, len(plan.shares), -1, dim).transpose(0, 1)
+            negatives = local if world == 1 else self.gather_shares(local, task)[:, :b]
+            out = self.loss.task_losses[task.name].details(emb["query"], emb["positive"], negatives)
+            loss = task.config.loss.weight * out.loss
+            total = total + retrieval_scale * loss
+            self.record(task, plan, batch, loss, out)
+        return total
+
+    def gather_shares(self, local: Tensor | None, task: TrainingTask) -> Tensor:
+        """[N, batch_size, K, D]: every retrieval rank's share of its rows' negatives, with gradients, on
+        a process group of its own (DDP's gradient all-reduce runs on the default one, in an order that
+        differs between retrieval and STS ranks). Rows are padded to the task's batch size."""
+        import torch.distributed as dist
+
+        shape = (1, task.config.batch_size, task.config.negatives.count // self.composer.shares,
+                 self.model.get_embedding_dimension())
+        if local is None:
+            padded = torch.zeros(shape, device=self.args.device, requires_grad=True)
+        else:
+            padded = torch.cat([local.float(), local.new_zeros((1, shape[1] - local.shape[1], *shape[2:])).float()], 1)
+        if getattr(self, "_gather_group", None) is None:
+            self._gather_group = dist.new_group()
+        gathered = gather_with_grad(padded, group=self._gather_group)  # [W, 1, B, K, D]
+        return gathered[: self.composer.shares, 0]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
+        with own_storage(self.model):
+            super()._save(output_dir, state_dict)
         folder = Path(output_dir if output_dir is not None else self.args.output_dir)
         write_json(folder / CONAN_CONFIG, {"matryoshka_dims": list(self.loss.dims)})
 

@@ -1,0 +1,103 @@
+"""Shared by the A-vs-B training benchmarks (dhnm_vs_static.py, cbb_vs_sequential.py): one recipe, arms
+that differ only in a few overrides, the same data and seeds; runs alternate arms so machine-load
+drifts hit both, each trained model is scored with the recipe's `eval` settings and the base once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from conan_embed.files import write_json, write_text_atomic
+from conan_embed.training.callbacks import read_log
+from conan_embed.training.config import load_recipe
+from conan_embed.training.run import evaluate_model, prepare_data, run_recipe
+from conan_embed.training.stage import init_model_path, stage_paths
+
+
+def parse_args(doc: str, recipe: str, output: str, argv=None, extra=()):
+    """(arguments, seeds 42, 43, ..., the recipe as overridden); `args.output` is a Path. `extra`: (flag,
+    help) of further switches."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, text in extra:
+        p.add_argument(flag, action="store_true", help=text)
+    p.add_argument("--recipe", default=recipe)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 42, 43, ... (default: %(default)s)")
+    p.add_argument("--output", default=output)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    args.output = Path(args.output)
+    return args, [42 + i for i in range(args.seeds)], load_recipe(args.recipe, args.set)
+
+
+def write_outputs(out: Path, lines: list[str], args: argparse.Namespace, seeds: list[int], base: dict,
+                  runs: dict) -> None:
+    """report.md (the lines, also printed) and results.json (every run's scores and stage summary)."""
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    write_json(out / "results.json", {"recipe": args.recipe, "overrides": args.set, "seeds": seeds, "base": base,
+                                      "runs": {k: {x: v[x] for x in ("mode", "seed", "scores", "summary")}
+                                               for k, v in runs.items()}})
+    print("\n".join(lines))
+
+
+def run_arms(recipe_path: str, arms: dict[str, list[str]], *, seeds: list[int], output: Path, overrides: list[str],
+             show_progress: bool) -> tuple[dict, dict, str]:
+    """({label: run}, base scores, stage name): every arm at every seed (label `<arm>-seed<seed>`).
+    A run holds its mode, seed, category scores, stage summary and log lines. Finished runs and
+    evaluations are reused."""
+    base_recipe = load_recipe(recipe_path, overrides)
+    stage = list(base_recipe.stages)[-1]
+    prepare_data(base_recipe)
+    runs = {}
+    for seed in seeds:
+        for arm, arm_overrides in arms.items():
+            label = f"{arm}-seed{seed}"
+            recipe = load_recipe(recipe_path, [*overrides, *arm_overrides, f"seed={seed}",
+                                               f"output_dir={output / label}"])
+            print(f"[{output.name}] {label}", flush=True)
+            run_recipe(recipe, resume=True, evaluate=False, show_progress=show_progress)
+            scores = evaluate_model(stage, stage_paths(recipe, stage).model, recipe, output / label, resume=True)
+            summary = json.loads(stage_paths(recipe, stage).summary.read_text())
+            log = stage_paths(recipe, stage).log
+            runs[label] = {"mode": arm, "seed": seed, "scores": next(iter(scores.values())),
+                           "summary": {k: v for k, v in summary.items() if k != "fingerprint"},
+                           "steps": read_log(log), "checks": read_log(log, "dhnm")}
+    base = next(iter(evaluate_model("base", init_model_path(base_recipe, stage), base_recipe, output,
+                                    resume=True).values()))
+    return runs, base, stage
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def value(result: dict, column: str) -> float:
+    """A column of an eval result: a category's score, or the weighted "Avg"."""
+    return result["avg"] if column == "Avg" else result["categories"][column]
+
+
+def arm_mean(runs: dict, arm: str, seeds: list[int], column: str) -> float:
+    return statistics.mean(value(runs[f"{arm}-seed{s}"]["scores"], column) for s in seeds)
+
+
+def score_table(runs: dict, base: dict, arms: list[str], seeds: list[int], columns: list[str]) -> list[str]:
+    """Markdown: the base, each arm's mean ± sample std over seeds, and each later arm's paired
+    difference from the first, per column (a category or "Avg")."""
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
+             "| base (no fine-tuning) | " + " | ".join(f"{100 * value(base, c):.2f}" for c in columns) + " |"]
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(
+            _fmt([value(runs[f"{arm}-seed{s}"]["scores"], c) for s in seeds]) for c in columns) + " |")
+    first = arms[0]
+    for arm in arms[1:]:
+        lines.append(f"| {arm} − {first} (paired by seed) | " + " | ".join(
+            _fmt([value(runs[f"{arm}-seed{s}"]["scores"], c) - value(runs[f"{first}-seed{s}"]["scores"], c)
+                  for s in seeds]) for c in columns) + " |")
+    return lines

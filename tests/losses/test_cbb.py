@@ -1,0 +1,67 @@
+"""The cross-GPU batch balance loss: a hand-computed case, agreement with InfoNCE, the STS term, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conan_embed.errors import InputError
+from conan_embed.losses import CBBLoss, cbb_details, cbb_loss, cosent, info_nce
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_by_hand():
+    q, p = t([[1.0, 0.0]]), t([[2.0, 0.0]])
+    negatives = t([[[[0.0, 3.0]]], [[[-1.0, 0.0]]]])  # rank 0 holds cos 0, rank 1 holds cos -1
+    expected = -math.log(math.e / (math.e + 1 + math.exp(-1)))
+    assert cbb_loss(q, p, negatives, temperature=1.0).item() == pytest.approx(expected, rel=1e-12)
+    a, b, y = t([[1.0, 0.0], [0.0, 1.0]]), t([[1.0, 0.0], [1.0, 0.0]]), [1.0, 0.0]  # cos 1 and 0, in label order
+    sts = math.log1p(math.exp(20 * (0 - 1)))
+    out = cbb_details(q, p, negatives, a, b, y, temperature=1.0, beta=0.8)
+    assert out.loss.item() == pytest.approx(expected + 0.8 * sts, rel=1e-12)
+    assert out.sts_loss.item() == pytest.approx(sts, rel=1e-12)
+    assert out.positive_scores.tolist() == pytest.approx([1.0]) and out.negative_scores.tolist() == pytest.approx([-0.5])
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_one_rank_without_sts_is_info_nce(in_batch):
+    g = torch.Generator().manual_seed(1)
+    q, p, n = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g), torch.randn(6, 3, 16, generator=g)
+    torch.testing.assert_close(cbb_loss(q, p, n[None], in_batch=in_batch), info_nce(q, p, n, in_batch=in_batch))
+
+
+def test_ranks_are_the_negatives_of_every_query_side_by_side():
+    """N ranks of K negatives equal one rank of N·K: each query sees all of them."""
+    g = torch.Generator().manual_seed(2)
+    q, p, n = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(3, 4, 2, 8, generator=g)
+    one_rank = n.permute(1, 0, 2, 3).reshape(1, 4, 6, 8)
+    for in_batch in (True, False):
+        torch.testing.assert_close(cbb_loss(q, p, n, in_batch=in_batch), cbb_loss(q, p, one_rank, in_batch=in_batch))
+    a, b, y = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), torch.rand(5, generator=g)
+    torch.testing.assert_close(CBBLoss(beta=0.3)(q, p, n, a, b, y), cbb_loss(q, p, n) + 0.3 * cosent(a, b, y))
+
+
+def test_gradients_reach_every_ranks_negatives():
+    q, p = torch.randn(2, 4), torch.randn(2, 4)
+    n = torch.randn(3, 2, 1, 4, requires_grad=True)
+    cbb_loss(q, p, n).backward()
+    assert (n.grad.abs().sum(dim=(1, 2, 3)) > 0).all()
+
+
+def test_bad_inputs_are_named():
+    q, p = torch.randn(2, 4), torch.randn(2, 4)
+    with pytest.raises(InputError, match=r"negatives must be \[N, B, K, D\]"):
+        cbb_loss(q, p, torch.randn(2, 1, 4))
+    with pytest.raises(InputError, match="B=2"):
+        cbb_loss(q, p, torch.randn(1, 3, 1, 4))
+    with pytest.raises(InputError, match="sts_a, sts_b and sts_labels together"):
+        cbb_loss(q, p, torch.randn(1, 2, 1, 4), torch.randn(3, 4))
+    with pytest.raises(InputError, match="beta must be >= 0"):
+        cbb_loss(q, p, torch.randn(1, 2, 1, 4), beta=-1)
+    with pytest.raises(InputError, match="temperature"):
+        CBBLoss(temperature=0)
