@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conan_embed import __version__
-from conan_embed.errors import ConanEmbedError
+from conan_embed.errors import ConanEmbedError, InputError
 
 DEFAULT_DATA_DIR = "data"
 
@@ -42,6 +42,14 @@ def cmd_eval(args) -> None:
                        precision=args.precision)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
+    if args.baseline:
+        from conan_embed.evaluation.forgetting import load_result, regressions
+
+        found = regressions(load_result(args.baseline), result)
+        print(f"forgetting check against {args.baseline} (a category or guard task more than 1 point below): "
+              + ("none" if not found else "\n  " + "\n  ".join(map(str, found))))
+        if found:
+            raise SystemExit(1)
 
 
 def cmd_encode(args) -> None:
@@ -50,6 +58,27 @@ def cmd_encode(args) -> None:
     shape = encode_file(args.model, args.input, args.output, field=args.field, dim=args.dim,
                         prompt_name=args.prompt, batch_size=args.batch_size)
     print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
+
+
+def cmd_merge(args) -> None:
+    from conan_embed.data.records import read_records
+    from conan_embed.merging import merge_examples, merge_models
+
+    weights = examples = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise InputError(f"--weights must be comma-separated numbers, got {args.weights!r}",
+                             field="weights") from None
+    elif args.examples:
+        examples = {}
+        for row in read_records(args.examples):
+            examples.setdefault(str(row.get("task", "examples")), []).append(row)
+    else:
+        examples = merge_examples(args.per_task, seed=args.seed)
+    info = merge_models(args.models, args.output, weights=weights, examples=examples, temperature=args.temperature)
+    print("merged " + ", ".join(f"{m} x {w:.3f}" for m, w in info["weights"].items()) + f" -> {args.output}")
 
 
 def cmd_mine(args) -> None:
@@ -178,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast while encoding, ~1.8x faster on CPUs with AVX-512 bf16 (default: %(default)s)")
     p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
+    p.add_argument("--baseline", metavar="EVAL_JSON",
+                   help="the base model's eval.json (or its folder), same size and dim: list every category or "
+                        "guard task more than 1 point below it, and exit 1 if there is one")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("encode", help="encode a file of texts into a .npy matrix")
@@ -208,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "interrupted run reuses what is there")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("merge", help="average the parameters of models trained from one base (LM-Cocktail; "
+                                     "docs/forgetting.md)")
+    p.add_argument("models", nargs="+", help="model folders or shipped names (e5-small), same architecture")
+    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--weights", help="comma-separated, one per model (scaled to sum to 1), e.g. 0.6,0.4; "
+                                     "without it, weights are found from a few examples per task")
+    p.add_argument("--examples", help="JSONL / Parquet of {task, query, positive, negatives} for the few-shot weights "
+                                      "(default: 5 insuranceqa validation questions + 5 news headlines)")
+    p.add_argument("--per-task", type=int, default=5, help="default examples per task (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=5.0,
+                   help="weights = softmax(-loss / temperature) (LM-Cocktail: 5; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("serve", help="serve a model behind the OpenAI embeddings API (docs/serving.md)")
     p.add_argument("model", help=model_help)

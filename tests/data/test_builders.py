@@ -94,3 +94,15 @@ def test_weak_pairs_sources(built):
     answers = set(insuranceqa_answers().values())
     rows = _rows(out, "weak_pairs")
     assert all(r["passage"] in answers for r in rows if r["source"] == "insuranceqa-qa")
+
+
+def test_guard_articles_appear_in_no_training_file(built):
+    """The general-domain guard tasks' articles: no sentence of theirs in any training file."""
+    out, _ = built
+    guard = splits.guard_sentences()
+    assert len(splits.news_split(guard=True)) > 300 and len(guard) > 5000
+    for name in builders.FILES:
+        leaked = [s for r in _rows(out, name) for t in _texts(r) for s in splits.long_sentences(t) if s in guard]
+        assert not leaked, f"{name}: {len(leaked)} guard sentences, e.g. {leaked[0][:60]}"
+    weak = {r["source"] for r in _rows(out, "weak_pairs")}
+    assert {"peoples-daily-title", "peoples-daily-sentence"} <= weak  # the check above is not vacuous

@@ -40,6 +40,18 @@ def test_eval_json_structure(suite_run, tiny_data):
     assert all(name in table for name in ALL_TASKS) and "Avg (6 datasets)" in table
 
 
+def test_guard_tasks_reported_apart_from_the_avg(suite_run, tiny_data):
+    result, out, _ = suite_run
+    guard = result["guard"]
+    assert list(guard) == ["PeoplesDailyTitleRetrieval", "PeoplesDailySentenceRetrieval"]
+    for name, entry in guard.items():
+        assert entry["category"] == "Guard" and entry["main_metric"] == "ndcg_at_10"
+        assert 0.0 <= entry["main_score"] <= 1.0 and entry["size"] == tiny_data.sizes[name] == {
+            "queries": 16, "documents": 48}
+        assert name in (out / "eval.txt").read_text()
+    assert "Guard" not in result["categories"] and result["n_datasets"] == 6
+
+
 def test_scores_in_range_and_averages(suite_run):
     result, _, _ = suite_run
     scores = {n: e["main_score"] for n, e in result["tasks"].items()}

@@ -77,6 +77,10 @@ def test_unknown_key_is_named(recipe_dict, edit, key):
     (lambda d: d["stages"]["pretrain"].update(deepspeed="missing_ds.json"), "stages.pretrain.deepspeed",
      "no such file"),
     (lambda d: d.pop("name"), "name", "missing required key"),
+    (lambda d: d.update(merge={"models": ["finetune", "nope"]}), "merge.models", "neither 'model'"),
+    (lambda d: d.update(merge={"models": ["finetune"]}), "merge.models", "two or more"),
+    (lambda d: d.update(merge={"models": ["finetune", "model"], "weights": [1]}), "merge.weights", "one weight"),
+    (lambda d: d.update(merge={"models": ["finetune", "model"], "temperature": 0}), "merge.temperature", "> 0"),
 ])
 def test_bad_value_is_named(recipe_dict, edit, key, what):
     edit(recipe_dict)

@@ -20,13 +20,18 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
                              "executor": {"workers": 1}, "stages": {"teacher": {
                                  "model": recipe_dict["model"]["base"], "percentile": 10}}}
     recipe_dict["stages"]["pretrain"]["tasks"]["weak"]["file"] = str(tmp_path / "curated" / "kept")
+    # merge the two stages (the base is a bare encoder: another architecture) with few-shot weights
+    recipe_dict["merge"] = {"models": ["finetune", "pretrain"], "examples_per_task": 2}
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["base_model"] == recipe_dict["model"]["base"]
-    assert set(metrics["eval"]) == {"base", "pretrain", "finetune"}
+    assert set(metrics["eval"]) == {"base", "pretrain", "finetune", "merged"}
+    weights = metrics["merge"]["weights"]
+    assert list(weights) == ["finetune", "pretrain"] and abs(sum(weights.values()) - 1) < 1e-9
+    assert json.loads((run / "model" / "merge.json").read_text())["weights"] == weights  # the final model
     for label, by_dim in metrics["eval"].items():
         assert set(by_dim) == {"dim-full", "dim-16"}
         # the base is the bare encoder (hidden 32); the stages add the recipe's 48-d head
@@ -40,8 +45,10 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
     assert metrics["stages"]["pretrain"]["tasks"]["weak"]["rows"] == curation["kept"] < 48
     assert "## Data curation" in report and f"| **total** | **48** | **{curation['kept']}** |" in report
     assert "A tiny test recipe." in report and "| **Avg** (weighted by datasets) |" in report
+    assert "## Merge" in report and f"{weights['finetune']:.3f} × `finetune`" in report
+    assert "### Forgetting check" in report and "| PeoplesDailyTitleRetrieval |" in report
     assert report.count("| Retrieval (ndcg_at_10) |") == 2  # full dim and 16
-    avg = metrics["eval"]["finetune"]["dim-full"]["avg"]
+    avg = metrics["eval"]["merged"]["dim-full"]["avg"]
     assert f"{100 * avg:.2f}" in report and "Run report: tiny" in out
     for name in ("loss.png", "recipe.yaml", "pretrain/loss.png", "finetune/log.jsonl", "model/modules.json",
                  "eval/finetune/dim-16/eval.json"):
@@ -62,3 +69,18 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
     assert main(["run", str(path), "--resume"]) == 0
     again = json.loads((run / "metrics.json").read_text())
     assert again["eval"] == metrics["eval"] and again["stages"] == metrics["stages"]
+    assert again["merge"] == metrics["merge"]
+
+
+def test_data_of_an_older_builder_is_refused(recipe_dict, tmp_path):
+    import pytest
+
+    from conan_embed.errors import InputError
+    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.training.run import prepare_data
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"builder_version": 1}))
+    recipe_dict["data"] = {"dir": str(tmp_path / "old"), "build": True}
+    with pytest.raises(InputError, match=r"manifest.json: built by builder version 1.*guard articles.*delete"):
+        prepare_data(recipe_from_dict(recipe_dict))

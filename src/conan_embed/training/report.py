@@ -37,6 +37,32 @@ def score_table(evals: dict[str, dict], dim_key: str) -> list[str]:
     return lines
 
 
+def guard_table(evals: dict[str, dict], dim_key: str) -> list[str]:
+    """The general-domain guard tasks: base score, then each stage's score and its change against the base."""
+    labels = [m for m in evals if dim_key in evals[m]]
+    first = labels[0]
+    names = list(evals[first][dim_key].get("guard") or {})
+    if not names:
+        return []
+    lines = ["| guard task (nDCG@10) | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for name in names:
+        base = evals[first][dim_key]["guard"][name]
+        cells = [_fmt(base)] + [f"{_fmt(evals[m][dim_key]['guard'].get(name))} ({_delta(base, evals[m][dim_key]['guard'].get(name))})"
+                                for m in labels[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def forgetting_lines(evals: dict[str, dict]) -> list[str]:
+    """Every model, dim, category or guard task more than 1 point below the base (first model)."""
+    from conan_embed.evaluation.forgetting import regressions
+
+    labels = list(evals)
+    found = [f"- **{m}**, {dim_key}: {r}" for m in labels[1:] for dim_key, result in evals[m].items()
+             if dim_key in evals[labels[0]] for r in regressions(evals[labels[0]][dim_key], result)]
+    return found or [f"None: every model is within 1 point of `{labels[0]}` on every category and guard task, or above."]
+
+
 def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
     from conan_embed.curate.report import retention_markdown, teacher_summary
     from conan_embed.curate.teacher import histogram_text
@@ -106,6 +132,13 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
         lines.append(f"| {name} | `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | "
                      f"{rate} | {loss} |")
     lines += ["", "Loss curves: `loss.png` (all stages), `<stage>/loss.png`, `<stage>/log.jsonl`.", ""]
+    if metrics.get("merge"):
+        m = metrics["merge"]
+        lines += ["## Merge", "", "`merged/` = " + " + ".join(f"{w:.3f} × `{n}`" for n, w in m["weights"].items())
+                  + f" ({m['method']}; docs/forgetting.md); it is the final model.", ""]
+        if m.get("example_losses"):
+            lines += [f"- `{n}`: example loss " + ", ".join(f"{t} {v:.4f}" for t, v in losses.items())
+                      for n, losses in m["example_losses"].items()] + [""]
     lines += _negatives_section(metrics)
     evals = metrics.get("eval") or {}
     if evals:
@@ -117,6 +150,11 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
         for dim_key, result in any_model.items():
             lines += [f"### {dim_key.replace('dim-full', 'full dim')} ({result['embedding_dim']} dims)", ""]
             lines += score_table(evals, dim_key) + [""]
+            if guard := guard_table(evals, dim_key):
+                lines += ["General-domain guard (held-out People's Daily articles, not in the Avg; change against "
+                          "the base in brackets):", "", *guard, ""]
+        lines += ["### Forgetting check", "", "Categories and guard tasks more than 1 point below the base "
+                  "(docs/forgetting.md):", "", *forgetting_lines(evals), ""]
         lines += ["Task sizes:", ""]
         for name, t in next(iter(any_model.values()))["tasks"].items():
             lines.append(f"- {name} ({t['category']}): " + ", ".join(f"{k} {v:,}" for k, v in t["size"].items()))

@@ -38,10 +38,20 @@ def _log(msg: str) -> None:
 
 def prepare_data(recipe: Recipe) -> dict | None:
     """Build the shipped training files into data.dir unless it already holds a build."""
+    from conan_embed.data.builders import BUILDER_VERSION, build_all
+
     folder = Path(recipe.data.dir)
-    if not recipe.data.build or (folder / "manifest.json").is_file():
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        version = json.loads(manifest.read_text()).get("builder_version")
+        if recipe.data.build and version != BUILDER_VERSION:
+            raise InputError(f"built by builder version {version}, this conan-embed writes version "
+                             f"{BUILDER_VERSION} (2: the guard articles are held out of the weak pairs, "
+                             f"docs/forgetting.md); delete {folder} to rebuild it",
+                             path=manifest)
         return None
-    from conan_embed.data.builders import build_all
+    if not recipe.data.build:
+        return None
 
     _log(f"building the training data into {folder}")
     return build_all(folder)
@@ -95,6 +105,28 @@ def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
                 show_progress=show_progress)
 
 
+def merge_stage_models(recipe: Recipe, base_path: Path, run_dir: Path, *, resume: bool,
+                       show_progress: bool) -> dict:
+    """The recipe's merge step into run_dir/merged (kept on --resume while its inputs are unchanged)."""
+    from conan_embed.merging import merge_examples, merge_models
+
+    cfg, out = recipe.merge, run_dir / "merged"
+    paths = [base_path if name == "model" else stage_paths(recipe, name).model for name in cfg.models]
+    stamp = {"config": asdict(cfg), "models": {str(p): _model_stamp(p) for p in paths}}
+    if resume and (out / "merge.json").is_file() and (out / "stamp.json").is_file() \
+            and json.loads((out / "stamp.json").read_text()) == stamp:
+        return json.loads((out / "merge.json").read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    examples = None if cfg.weights is not None else merge_examples(cfg.examples_per_task, seed=recipe.seed)
+    _log(f"merging {', '.join(cfg.models)}" + (f" with weights {cfg.weights}" if cfg.weights else
+                                               " with few-shot weights"))
+    info = merge_models(paths, out, weights=cfg.weights, examples=examples, temperature=cfg.temperature,
+                        names=cfg.models, show_progress=show_progress)
+    write_json(out / "stamp.json", stamp)
+    return info
+
+
 def _model_stamp(path: Path) -> dict:
     """Identifies a model folder's content cheaply: its files' sizes and mtimes."""
     files = sorted(p for p in Path(path).rglob("*") if p.is_file())
@@ -108,7 +140,8 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
 
     cfg = recipe.eval
     stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size,
-             "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks}
+             "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks,
+             "guard": cfg.tasks is None}
     results, model, cache = {}, None, {}
     for dim in cfg.dims:
         folder = run_dir / "eval" / label / f"dim-{dim or 'full'}"
@@ -133,6 +166,7 @@ def _scores(result: dict) -> dict:
     return {"avg": result["avg"], "categories": result["categories"],
             "tasks": {n: {"category": e["category"], "metric": e["main_metric"], "score": e["main_score"],
                           "size": e["size"]} for n, e in result["tasks"].items()},
+            "guard": {n: e["main_score"] for n, e in (result.get("guard") or {}).items()},
             "embedding_dim": result["embedding_dim"], "seconds": result["seconds"]}
 
 
@@ -195,17 +229,23 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
             mining = mine_candidates(recipe, show_progress=show_progress)
             timings["mine_s"] = round(time.perf_counter() - t0, 1)
             barrier()
+    merge = None
+    if recipe.merge is not None:
+        t0 = time.perf_counter()
+        merge = merge_stage_models(recipe, base_path, run_dir, resume=resume, show_progress=show_progress)
+        timings["merge_s"] = round(time.perf_counter() - t0, 1)
     final_stage = list(recipe.stages)[-1]
     final = run_dir / "model"
     if final.exists():
         shutil.rmtree(final)
-    shutil.copytree(stage_paths(recipe, final_stage).model, final)
+    shutil.copytree(run_dir / "merged" if merge else stage_paths(recipe, final_stage).model, final)
     plot_loss_curve({n: read_log(stage_paths(recipe, n).log) for n in recipe.stages}, run_dir / "loss.png",
                     f"{recipe.name}: training loss")
 
     evaluations = {}
     if evaluate and recipe.eval.enabled:
-        models = {"base": base_path, **{n: stage_paths(recipe, n).model for n in recipe.stages}}
+        models = {"base": base_path, **{n: stage_paths(recipe, n).model for n in recipe.stages},
+                  **({"merged": run_dir / "merged"} if merge else {})}
         for label, path in models.items():
             t0 = time.perf_counter()
             results = evaluate_model(label, path, recipe, run_dir, resume=resume)
@@ -224,6 +264,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
                                                            "teacher", "timings")},
         "mining": mining,
         "stages": stages,
+        "merge": merge,
         "timings": timings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
