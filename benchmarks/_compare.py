@@ -9,6 +9,8 @@ import json
 import statistics
 from pathlib import Path
 
+from conan_embed.evaluation.forgetting import comparable_scores
+from conan_embed.evaluation.suite import CATEGORIES
 from conan_embed.files import write_json, write_text_atomic
 from conan_embed.training.callbacks import read_log
 from conan_embed.training.config import load_recipe
@@ -79,8 +81,14 @@ def _fmt(values: list[float]) -> str:
 
 
 def value(result: dict, column: str) -> float:
-    """A column of an eval result: a category's score, or the weighted "Avg"."""
-    return result["avg"] if column == "Avg" else result["categories"][column]
+    """A column of an eval result: a category's score, the weighted "Avg", or "guard: <task>"."""
+    return result["avg"] if column == "Avg" else comparable_scores(result)[column]
+
+
+def columns_of(base: dict) -> list[str]:
+    """The six categories in C-MTEB order, the Avg, then the general-domain guard tasks."""
+    return ([c for c in CATEGORIES if c in base["categories"]] + ["Avg"]
+            + [c for c in comparable_scores(base) if c.startswith("guard: ")])
 
 
 def arm_mean(runs: dict, arm: str, seeds: list[int], column: str) -> float:

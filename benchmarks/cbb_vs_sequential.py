@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from _compare import arm_mean, parse_args, run_arms, score_table, write_outputs
+from _compare import arm_mean, columns_of, parse_args, run_arms, score_table, write_outputs
 
-from conan_embed.evaluation.suite import CATEGORIES
 
 
 
@@ -66,7 +65,8 @@ def main(argv=None) -> int:
     runs, base, _ = run_arms(args.recipe, arms, seeds=seeds, output=out, overrides=args.set,
                              show_progress=not args.quiet)
 
-    columns = [c for c in CATEGORIES if c in base["categories"]] + ["Avg"]
+    columns = columns_of(base)
+    tasks = list(stage.tasks)
     plot_schedules({a: runs[f"{a}-seed{seeds[0]}"]["steps"] for a in names}, out / "loss.png",
                    f"{recipe.name}: sequential tasks vs cross-GPU batch balance")
     command = "python benchmarks/cbb_vs_sequential.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -75,13 +75,18 @@ def main(argv=None) -> int:
              f"steps (one task each) vs CBB {stage.max_steps} steps (every task each): the same batches"
              + (f"; cbb-same-steps: CBB for {steps} steps" if args.same_steps else "") + ". Local suite, "
              "scores ×100, mean ± sample std over seeds.", "", *score_table(runs, base, names, seeds, columns), "",
-             "| run | final-quarter loss: mean | sd | train time |", "|---|---|---|---|"]
+             "Each task's own loss (`loss/<task>`, before β) over the second half of each run: mean (sd over its "
+             "steps). A sequential step's combined loss is one task's, so it jumps between the tasks' scales; a "
+             "CBB step's is the sum Σ InfoNCE + β·CoSENT. Figure 5 (first seed): `loss.png`.", "",
+             "| run | " + " | ".join(tasks) + " | train time |", "|---|" + "---|" * (len(tasks) + 1)]
     for label, r in runs.items():
-        losses = [x["loss"] for x in r["steps"]][-max(1, len(r["steps"]) // 4):]
-        sd = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        lines.append(f"| {label} | {statistics.mean(losses):.3f} | {sd:.3f} | {r['summary']['train_seconds'] / 60:.1f} min |")
-    lines += ["", "A sequential step's loss is one task's (retrieval InfoNCE, or CoSENT for STS: different scales); a "
-              "CBB step's is the sum Σ InfoNCE + β·CoSENT. Figure 5 (first seed): `loss.png`.", ""]
+        cells = []
+        for task in tasks:
+            values = [x[f"loss/{task}"] for x in r["steps"] if x.get(f"loss/{task}") is not None]
+            half = values[len(values) // 2:]
+            cells.append(f"{statistics.mean(half):.3f} ({statistics.stdev(half) if len(half) > 1 else 0.0:.3f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['summary']['train_seconds'] / 60:.1f} min |")
+    lines.append("")
     write_outputs(out, lines, args, seeds, base, runs)
     means = {a: {c: arm_mean(runs, a, seeds, c) for c in columns} for a in names}
     fields = " ".join(f"{c.lower()}_{a.replace('-', '_')}={means[a][c]:.4f}" for c in ("Retrieval", "Avg") for a in names)

@@ -81,6 +81,8 @@ def test_unknown_key_is_named(recipe_dict, edit, key):
     (lambda d: d.update(merge={"models": ["finetune"]}), "merge.models", "two or more"),
     (lambda d: d.update(merge={"models": ["finetune", "model"], "weights": [1]}), "merge.weights", "one weight"),
     (lambda d: d.update(merge={"models": ["finetune", "model"], "temperature": 0}), "merge.temperature", "> 0"),
+    (lambda d: d["eval"].update(models=["base", "merged"]), "eval.models", "not one of base, pretrain, finetune"),
+    (lambda d: d["eval"].update(models=["finetune"]), "eval.models", "must include 'base'"),
 ])
 def test_bad_value_is_named(recipe_dict, edit, key, what):
     edit(recipe_dict)

@@ -64,9 +64,9 @@ class NewsArticle:
     headline: str
     paragraphs: tuple[str, ...]
 
-    def opening(self, chars: int = 256) -> str:
-        """The body's first `chars` characters: what a headline describes, and about all that a
-        256-token cap reads."""
+    def opening(self, chars: int = 160) -> str:
+        """The body's first `chars` characters (about 110 tokens, the first two or three sentences):
+        what a headline describes."""
         return "".join(self.paragraphs)[:chars]
 
 

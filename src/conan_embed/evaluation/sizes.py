@@ -61,7 +61,7 @@ SIZES: dict[str, SuiteSize] = {
         name="quick", retrieval_queries=400, retrieval_corpus=2600, retrieval_hard_negatives=3,
         rerank_queries=400, rerank_negatives=3, sts_pairs=None, pair_classification_pairs=None,
         classification_test=1000, classification_samples_per_label=32, classification_experiments=5,
-        clustering_docs=1000, guard_queries=200, guard_corpus=600, max_seq_length=256,
+        clustering_docs=1000, guard_queries=200, guard_corpus=400, max_seq_length=256,
     ),
     "full": SuiteSize(
         name="full", retrieval_queries=None, retrieval_corpus=None, retrieval_hard_negatives=0,

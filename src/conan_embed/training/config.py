@@ -144,7 +144,8 @@ class EvalConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = 32
     enabled: bool = True
-    tasks: list[str] | None = None  # suite tasks or categories (None: all six)
+    tasks: list[str] | None = None  # suite tasks or categories (None: all six and the guard tasks)
+    models: list[str] | None = None  # which of base, the stages and merged to evaluate (None: all)
 
 
 @dataclass
@@ -216,6 +217,15 @@ def _validate(recipe: Recipe) -> None:
         _check_mine_step(recipe)
     if recipe.merge is not None:
         _check_merge_step(recipe)
+    if recipe.eval.models is not None:
+        known = ["base", *recipe.stages] + (["merged"] if recipe.merge is not None else [])
+        for name in recipe.eval.models:
+            if name not in known:
+                raise InputError(f"eval.models: {name!r} is not one of {', '.join(known)}", path=src,
+                                 field="eval.models")
+        if "base" not in recipe.eval.models:
+            raise InputError("eval.models must include 'base': every report and forgetting check compares with it",
+                             path=src, field="eval.models")
     if recipe.curate is not None:
         recipe.curate.source = src
         check_curate_config(recipe.curate, "curate.")

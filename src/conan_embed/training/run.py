@@ -246,6 +246,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     if evaluate and recipe.eval.enabled:
         models = {"base": base_path, **{n: stage_paths(recipe, n).model for n in recipe.stages},
                   **({"merged": run_dir / "merged"} if merge else {})}
+        if recipe.eval.models is not None:
+            models = {label: path for label, path in models.items() if label in recipe.eval.models}
         for label, path in models.items():
             t0 = time.perf_counter()
             results = evaluate_model(label, path, recipe, run_dir, resume=resume)
