@@ -39,7 +39,7 @@ def plot_schedules(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     for label, steps in runs.items():
         last = steps[-1]["step"]
         ax.plot([r["step"] / last for r in steps], [r["loss"] for r in steps], label=label, linewidth=1.2)
-    ax.set_xlabel("share of the run done (same batches in both)")
+    ax.set_xlabel("share of the run done")
     ax.set_ylabel("training loss of the step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
