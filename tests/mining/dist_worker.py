@@ -66,6 +66,11 @@ def worker(rank: int, world: int, recipe_path: str, out: str, port: int) -> None
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # skip the interpreter's teardown: gloo's threads sometimes abort there ("terminate called without an
+    # active exception", SIGABRT) after the work is done and saved
+    import os
+
+    os._exit(0)
 
 
 if __name__ == "__main__":
