@@ -191,7 +191,7 @@ class ConanTrainer(SentenceTransformerTrainer):
                                             batch.negative_ids if scores else None))
 
     def plan_loss(self, model, plan: StepPlan) -> Tensor:
-        """One task's micro-batch (sequential tasks)."""
+        """One task's micro-batch: a sequential step, or one STS batch of a CBB step."""
         task, batch = self.plan_texts(plan)
         emb, loss_fn = self.encode_batch(model, task, batch), self.loss.task_losses[task.name]
         if task.kind == "sts":
@@ -217,12 +217,7 @@ class ConanTrainer(SentenceTransformerTrainer):
         total = 0.0
         # STS first: on an STS rank the gathers below then come last in the graph and first in backward
         for plan in (p for p in parts if self.tasks[p.task].kind == "sts"):
-            task, batch = self.plan_texts(plan)
-            emb = self.encode_batch(model, task, batch)
-            out = self.loss.task_losses[task.name].details(emb["sts_a"], emb["sts_b"], emb["labels"])
-            loss = task.config.loss.weight * out.loss
-            total = total + sts_scale * composer.beta * loss
-            self.record(task, plan, batch, loss, out)
+            total = total + sts_scale * composer.beta * self.plan_loss(model, plan)
         mine = {p.task: p for p in parts}
         for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
             if task.name not in mine:
