@@ -20,10 +20,10 @@ from conan_embed.training.stage import init_model_path, stage_paths
 
 def parse_args(doc: str, recipe: str, output: str, argv=None, extra=()):
     """(arguments, seeds 42, 43, ..., the recipe as overridden); `args.output` is a Path. `extra`: (flag,
-    help) of further switches."""
+    help) of further switches, or (flag, help, add_argument's keywords) of further options."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, text in extra:
-        p.add_argument(flag, action="store_true", help=text)
+    for flag, text, *options in extra:
+        p.add_argument(flag, help=text, **(options[0] if options else {"action": "store_true"}))
     p.add_argument("--recipe", default=recipe)
     p.add_argument("--seeds", type=int, default=3, help="seeds 42, 43, ... (default: %(default)s)")
     p.add_argument("--output", default=output)

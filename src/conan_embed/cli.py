@@ -39,7 +39,7 @@ def cmd_eval(args) -> None:
     symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
     result = run_suite(args.model, size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
                        batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric,
-                       precision=args.precision)
+                       precision=args.precision, split=args.split)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
     if args.baseline:
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="full", choices=("quick", "full"), help="suite size (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="same as --size quick (under 5 minutes on 2 cores)")
     p.add_argument("--dim", type=int, help="evaluate the first DIM dimensions (Matryoshka)")
+    p.add_argument("--split", default="test", choices=("test", "valid"),
+                   help="valid: the same tasks on validation data, to choose a recipe without looking at test "
+                        "(default: %(default)s)")
     p.add_argument("--tasks", help="comma-separated task names or categories (default: all)")
     p.add_argument("--symmetric-prompt", default="query",
                    help="model prompt for STS/pair/classification/clustering texts, or 'none' (default: "
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: autocast while encoding, ~1.8x faster on CPUs with AVX-512 bf16 (default: %(default)s)")
     p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
     p.add_argument("--baseline", metavar="EVAL_JSON",
-                   help="the base model's eval.json (or its folder), same size and dim: list every category or "
+                   help="the base model's eval.json (or its folder), same split, size and dim: list every category or "
                         "guard task more than 1 point below it, and exit 1 if there is one")
     p.set_defaults(func=cmd_eval)
 

@@ -159,9 +159,10 @@ def merge_models(models, output: str | Path, *, weights=None, examples=None,
 
 
 def merge_examples(per_task: int = 5, seed: int = 0, negatives: int = 3) -> dict[str, list[dict]]:
-    """A few examples per task for the few-shot weights, from no evaluation split's test data:
-    insuranceqa *validation* questions with their answers (the domain), and headline -> opening of
-    People's Daily articles that training may use (general Chinese text, the kind the guard tasks hold)."""
+    """A few examples per task for the few-shot weights, from the validation split (never test, never
+    training data, which a fine-tuned model has already fitted): insuranceqa *valid* questions with their
+    answers (the domain), and headline -> opening of the validation split's People's Daily articles
+    (general Chinese text, what the guard tasks hold)."""
     from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
     from conan_embed.data.splits import news_split
 
@@ -170,7 +171,7 @@ def merge_examples(per_task: int = 5, seed: int = 0, negatives: int = 3) -> dict
     questions = rng.sample(list(insuranceqa_questions("valid")), per_task)
     domain = [{"query": q.text, "positive": answers[q.answers[0]],
                "negatives": [answers[n] for n in q.negatives[:negatives]]} for q in questions]
-    articles = news_split(guard=False)
+    articles = news_split("valid")
     picked = rng.sample(articles, per_task * (negatives + 1))
     news = [{"query": a.headline, "positive": a.opening(),
              "negatives": [b.opening() for b in picked[per_task + i * negatives: per_task + (i + 1) * negatives]]}

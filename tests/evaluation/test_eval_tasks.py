@@ -94,12 +94,48 @@ def test_full_size_uses_everything():
     sets = evaluation_sets()
     full = build_suite_data(SIZES["full"])
     assert len(full.retrieval.corpus) == len(sets.corpus)
-    assert len(full.retrieval.queries) == len(full.reranking.queries) == len(sets.test_questions)
-    for q in sets.test_questions:
+    assert len(full.retrieval.queries) == len(full.reranking.queries) == len(sets.questions)
+    for q in sets.questions:
         assert len(full.reranking.top_ranked[q.id]) == len(q.answers) + 200
     assert len(full.sts.pairs) == len(sets.sts_pairs)
     assert len(full.classification.test) == len(sets.sentiment_test)
-    assert len(full.clustering.texts) == len(sets.test_questions)
+    assert len(full.clustering.texts) == len(sets.questions)
+
+
+def test_validation_split_shares_no_text_with_test_or_training():
+    """`--split valid` scores other texts than test, and the builders hold them out of training."""
+    from conan_embed.data.splits import evaluation_sets, evaluation_texts, news_split, sentiment_part
+    from conan_embed.evaluation.data import build_suite_data
+    from conan_embed.evaluation.sizes import SIZES
+
+    def texts(data):
+        out = set(data.retrieval.queries.values()) | set(data.clustering.texts)
+        out |= {t for p in data.sts.pairs + data.pair_classification.pairs for t in (p.text1, p.text2)}
+        return out | {t for t, _ in data.classification.test}  # both splits' classifiers fit on eval-train texts
+
+    def news(data):
+        return {t for g in (data.news_title, data.news_sentence)
+                for t in [*g.queries.values(), *(g.corpus[d] for rel in g.relevant.values() for d in rel)]}
+
+    test, valid = build_suite_data(SIZES["quick"]), build_suite_data(SIZES["quick"], split="valid")
+    assert test.split == "test" and valid.split == "valid"
+    assert not texts(test) & texts(valid) and not news(test) & news(valid)
+    assert texts(valid) <= evaluation_texts()  # so no training file holds them (tests/data/test_builders.py)
+    held_out = "\n".join(a.headline + "\n" + "".join(a.paragraphs) for a in news_split("valid"))
+    assert all(t in held_out for t in news(valid))  # validation articles: held out of training by the builders
+    sets = evaluation_sets("valid")
+    assert len(sets.sts_pairs) >= 200 and {p.score for p in sets.pair_classification} == {0.0, 1.0}
+    assert len(sets.questions) > 1000 and all(q.split == "valid" for q in sets.questions)
+    assert {sentiment_part(t) for t, _ in sets.sentiment_train + sets.sentiment_test} == {"eval-train"}
+    assert len(valid.news_title.queries) >= 100 and len(valid.classification.test) == SIZES["quick"].classification_test
+
+
+def test_unknown_split_is_refused():
+    from conan_embed.data.splits import evaluation_sets
+    from conan_embed.errors import InputError
+
+    with pytest.raises(InputError, match="unknown split 'dev'.*test, valid"):
+        evaluation_sets("dev")
 
 
 def test_avg_is_over_datasets_not_categories():

@@ -23,6 +23,14 @@ def test_regressions_flag_drops_of_more_than_one_point_only():
         regressions(BASE, model, tolerance=-1)
 
 
+def test_results_scored_differently_are_not_compared():
+    with pytest.raises(InputError, match="split 'test' \\(base\\) vs 'valid'"):
+        regressions({**BASE, "split": "test"}, {**BASE, "split": "valid"})
+    with pytest.raises(InputError, match="embedding_dim 384"):
+        regressions({**BASE, "embedding_dim": 384}, {**BASE, "embedding_dim": 256})
+    assert regressions({**BASE, "split": "valid"}, BASE) == []  # a run's metrics.json blocks carry no split
+
+
 def test_report_shows_guard_changes_and_flags(tmp_path):
     evals = {"base": {"dim-full": {"categories": {"Retrieval": 0.5}, "guard": {"G": 0.7}}},
              "finetune": {"dim-full": {"categories": {"Retrieval": 0.55}, "guard": {"G": 0.64}}}}

@@ -23,7 +23,7 @@ from conan_embed.data.records import write_records
 from conan_embed.files import write_json
 from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
 
-BUILDER_VERSION = 2  # 2: the guard articles are held out of the weak pairs
+BUILDER_VERSION = 3  # 2: the guard articles are held out of the weak pairs; 3: and the validation split
 FILES = {
     "weak_pairs": "pretrain/weak_pairs.jsonl",
     "retrieval": "finetune/retrieval.jsonl",
@@ -51,10 +51,10 @@ def training_corpus() -> dict[str, str]:
 def peoples_daily_pairs() -> list[dict]:
     """Two weak-pair shapes from People's Daily 1998: headline -> the article's first paragraph, and a
     paragraph's first sentence -> the rest of the paragraph (the title-body and sentence-context
-    pairs that make up much of Conan's weakly supervised data). The guard articles, and any pair that
-    quotes one of their sentences, are left out."""
+    pairs that make up much of Conan's weakly supervised data). The guard articles of both splits, and
+    any pair that quotes one of their sentences, are left out."""
     guard, pairs = splits.guard_sentences(), []
-    for article in splits.news_split(guard=False):
+    for article in splits.news_split("train"):
         if len(article.paragraphs[0]) >= 40:
             pairs.append({"query": article.headline, "passage": article.paragraphs[0], "source": "peoples-daily-title"})
         for paragraph in article.paragraphs:
@@ -118,10 +118,10 @@ def build_retrieval(*, top_k: int = 100, progress: bool = False) -> tuple[list[d
 
 
 def build_sts(seed: int = splits.SEED) -> list[dict]:
-    """Graded question pairs (splits.answer_overlap_score) from groups with no evaluation question."""
+    """Graded question pairs (splits.answer_overlap_score) from the groups neither split evaluates on."""
     banned = splits.evaluation_texts()
     groups = [tuple(q for q in g if q.text not in banned)
-              for g in splits.question_groups() if not splits.is_eval_group(g)]
+              for g in splits.question_groups() if splits.group_part(g) == "train"]
     pairs = splits.graded_question_pairs(groups, training_questions(), seed)
     return [{"text1": p.text1, "text2": p.text2, "score": p.score} for p in pairs]
 

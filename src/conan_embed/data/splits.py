@@ -14,6 +14,12 @@ evaluation set can reach a training file. See docs/data.md for the reasoning.
 - General-domain guard (docs/forgetting.md): People's Daily 1998 cut into articles (a headline and the
   paragraphs up to the next one); a stable hash of the headline holds out 15% of the articles, whose
   every paragraph is evaluation data. The other articles give the weak pairs.
+
+A validation split (`evaluation_sets("valid")`, `conan-embed eval --split valid`) has the same shape,
+for choosing recipes and merge weights without looking at test: insuranceqa *valid* questions
+(Retrieval, Reranking, Clustering); a third of the train-only question groups, held out of training
+(STS, PairClassification); the classifier-training sentiment part cut in two halves (Classification);
+another 5% of the news articles, held out of training (guard tasks).
 """
 
 from __future__ import annotations
@@ -91,9 +97,14 @@ def news_articles() -> tuple[NewsArticle, ...]:
     return tuple(articles)
 
 
-def is_guard_article(article: NewsArticle) -> bool:
-    """15% of the articles, chosen by their headline: the general-domain guard tasks' data."""
-    return stable_fraction("guard:" + article.headline) < 0.15
+SPLITS = ("test", "valid")
+
+
+def news_part(article: NewsArticle) -> str:
+    """'test' (15% of the articles, chosen by their headline: the general-domain guard tasks), 'valid'
+    (5%: the guard tasks of the validation split) or 'train'."""
+    f = stable_fraction("guard:" + article.headline)
+    return "test" if f < 0.15 else "valid" if f < 0.20 else "train"
 
 
 _SENTENCE_END = re.compile(r"(?<=[。！？])")
@@ -109,9 +120,11 @@ def first_sentence_and_rest(paragraph: str) -> tuple[str, str] | None:
     return (sentences[0], rest) if len(rest) >= 20 else None
 
 
-def news_split(guard: bool) -> list[NewsArticle]:
-    """The guard articles (guard=True) or the ones training may use."""
-    return [a for a in news_articles() if is_guard_article(a) == guard]
+def news_split(part: str) -> list[NewsArticle]:
+    """The articles of one part: 'test', 'valid' (the guard tasks' data) or 'train' (what training may use)."""
+    if part not in ("train", *SPLITS):
+        raise ValueError(f"unknown news part {part!r}")
+    return [a for a in news_articles() if news_part(a) == part]
 
 
 _CLAUSE_END = re.compile(r"(?<=[。！？；])")
@@ -124,9 +137,10 @@ def long_sentences(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def guard_sentences() -> frozenset[str]:
-    """Every long sentence of a guard article: the paper reprints speeches and reports in several
-    articles, so a training article may quote a guard one word for word."""
-    return frozenset(s for a in news_split(guard=True) for p in (a.headline, *a.paragraphs) for s in long_sentences(p))
+    """Every long sentence of a held-out (test or valid) article: the paper reprints speeches and reports
+    in several articles, so a training article may quote a guard one word for word."""
+    return frozenset(s for a in news_articles() if news_part(a) != "train"
+                     for p in (a.headline, *a.paragraphs) for s in long_sentences(p))
 
 
 def _all_questions() -> list[InsuranceQuestion]:
@@ -158,6 +172,14 @@ def question_groups() -> tuple[tuple[InsuranceQuestion, ...], ...]:
 
 def is_eval_group(group: tuple[InsuranceQuestion, ...]) -> bool:
     return any(q.split != "train" for q in group)
+
+
+def group_part(group: tuple[InsuranceQuestion, ...]) -> str:
+    """'test' (a group with a valid or test question: the test STS and pair-classification sets),
+    'valid' (a third of the train-only groups, chosen by their first text) or 'train'."""
+    if is_eval_group(group):
+        return "test"
+    return "valid" if stable_fraction("sts-valid:" + min(q.text for q in group)) < 1 / 3 else "train"
 
 
 def answer_overlap_score(a: InsuranceQuestion, b: InsuranceQuestion) -> float:
@@ -201,33 +223,59 @@ def graded_question_pairs(groups, pool: list[InsuranceQuestion], seed: int) -> l
 
 @dataclass(frozen=True)
 class EvaluationSets:
-    """The full-size evaluation data; the suite subsamples it for `--quick`."""
+    """The full-size evaluation data of one split; the suite subsamples it for `--quick`."""
 
+    split: str  # "test" or "valid"
     corpus: dict[str, str]  # answer id -> text (the whole answer collection)
-    test_questions: tuple[InsuranceQuestion, ...]
+    questions: tuple[InsuranceQuestion, ...]  # Retrieval, Reranking and Clustering queries
     sts_pairs: tuple[ScoredPair, ...]  # graded 0-5
     pair_classification: tuple[ScoredPair, ...]  # score 1 = share an answer, 0 = same domain, not
     sentiment_train: tuple[tuple[str, int], ...]
     sentiment_test: tuple[tuple[str, int], ...]
 
 
-@functools.lru_cache(maxsize=1)
-def evaluation_sets() -> EvaluationSets:
-    test = insuranceqa_questions("test")
-    eval_groups = [g for g in question_groups() if is_eval_group(g)]
-    pool = list(test) + list(insuranceqa_questions("valid"))
-    sts = graded_question_pairs(eval_groups, pool, SEED)
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        from conan_embed.errors import InputError
+
+        raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}", field="split")
+    return split
+
+
+@functools.lru_cache(maxsize=2)
+def evaluation_sets(split: str = "test") -> EvaluationSets:
+    """The test sets, or the validation sets (same shape, none of their texts in a test set or a
+    training file)."""
+    groups = [g for g in question_groups() if group_part(g) == check_split(split)]
+    if split == "test":
+        questions = insuranceqa_questions("test")
+        pool = list(questions) + list(insuranceqa_questions("valid"))
+        classifier_train, classifier_test = sentiment_split("eval-train"), sentiment_split("eval-test")
+    else:
+        # no text of a test set: the test STS sets draw filler pairs from valid questions, and a few
+        # question texts occur in several insuranceqa splits
+        test = evaluation_sets("test")
+        taken = {q.text for q in test.questions} | {t for p in test.sts_pairs + test.pair_classification
+                                                     for t in (p.text1, p.text2)}
+        questions = tuple(q for q in insuranceqa_questions("valid") if q.text not in taken)
+        groups = [kept for g in groups if len(kept := tuple(q for q in g if q.text not in taken)) >= 2]
+        pool = [q for g in groups for q in g]
+        halves = [stable_fraction("sentiment-valid:" + t) < 0.5 for t, _ in sentiment_split("eval-train")]
+        classifier_train = [x for x, h in zip(sentiment_split("eval-train"), halves) if h]
+        classifier_test = [x for x, h in zip(sentiment_split("eval-train"), halves) if not h]
+    sts = graded_question_pairs(groups, pool, SEED)
     pair_cls = [
         ScoredPair(p.text1, p.text2, 1.0 if p.score >= 2 else 0.0)
-        for p in graded_question_pairs(eval_groups, pool, SEED + 1) if p.score >= 1
+        for p in graded_question_pairs(groups, pool, SEED + 1) if p.score >= 1
     ]
     return EvaluationSets(
+        split=split,
         corpus=insuranceqa_answers(),
-        test_questions=test,
+        questions=questions,
         sts_pairs=tuple(sts),
         pair_classification=tuple(pair_cls),
-        sentiment_train=tuple(sentiment_split("eval-train")),
-        sentiment_test=tuple(sentiment_split("eval-test")),
+        sentiment_train=tuple(classifier_train),
+        sentiment_test=tuple(classifier_test),
     )
 
 
@@ -239,18 +287,20 @@ def evaluation_answer_ids() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def evaluation_texts() -> frozenset[str]:
-    """Every text an evaluation task scores as a query, a relevant passage or a labelled item.
+    """Every text an evaluation task of either split scores as a query, a relevant passage or a
+    labelled item.
 
     The unlabelled distractors of the answer collection are shared with training, as MS MARCO and
     C-MTEB's retrieval sets share their corpora; the answers relevant to a valid or test question
     are not.
     """
-    sets = evaluation_sets()
     answers = insuranceqa_answers()
     texts = {q.text for split in ("valid", "test") for q in insuranceqa_questions(split)}
-    texts |= {q.text for g in question_groups() if is_eval_group(g) for q in g}
+    texts |= {q.text for g in question_groups() if group_part(g) != "train" for q in g}
     texts |= {answers[a] for a in evaluation_answer_ids()}
-    texts |= {t for p in sets.sts_pairs + sets.pair_classification for t in (p.text1, p.text2)}
-    texts |= {t for t, _ in sets.sentiment_train + sets.sentiment_test}
-    texts |= {t for a in news_split(guard=True) for t in (a.headline, *a.paragraphs)}
+    for split in SPLITS:
+        sets = evaluation_sets(split)
+        texts |= {t for p in sets.sts_pairs + sets.pair_classification for t in (p.text1, p.text2)}
+        texts |= {t for t, _ in sets.sentiment_train + sets.sentiment_test}
+    texts |= {t for a in news_articles() if news_part(a) != "train" for t in (a.headline, *a.paragraphs)}
     return frozenset(texts)

@@ -1,7 +1,7 @@
 """The suite's task data, cut from `evaluation_sets()` for one size (plain Python, no mteb).
 
-Every sample is drawn with a fixed seed from the shipped data, so a size always selects the same
-items. Retrieval, Reranking and Clustering walk one shared permutation of the test questions. The
+Every sample is drawn with a fixed seed from the shipped data, so a size (and split) always selects the
+same items. Retrieval, Reranking and Clustering walk one shared permutation of the split's questions. The
 Reranking queries are the first Retrieval queries and, as long as `rerank_negatives <=
 retrieval_hard_negatives`, every Reranking candidate is in the Retrieval corpus, so the suite's
 embedding cache encodes none of them twice.
@@ -54,6 +54,7 @@ class ClusteringData:
 @dataclass
 class SuiteData:
     size: SuiteSize
+    split: str
     retrieval: RetrievalData
     reranking: RetrievalData
     sts: PairData
@@ -74,7 +75,7 @@ def _take(items: list, n: int | None, rng: random.Random) -> list:
 
 
 def _question_order(sets: EvaluationSets) -> list:
-    order = list(sets.test_questions)
+    order = list(sets.questions)
     random.Random(SEED).shuffle(order)
     return order
 
@@ -148,25 +149,26 @@ def _news_documents(articles: list[NewsArticle], title: bool) -> list[tuple[str,
     return items
 
 
-def news_guard_data(size: SuiteSize, title: bool) -> RetrievalData:
-    """A general-domain guard task from the held-out People's Daily articles (docs/forgetting.md);
-    distractors, up to `guard_corpus` documents, are documents of the other articles."""
-    held_out = _news_documents(news_split(guard=True), title)
+def news_guard_data(size: SuiteSize, title: bool, split: str = "test") -> RetrievalData:
+    """A general-domain guard task from the split's held-out People's Daily articles (docs/forgetting.md);
+    distractors, up to `guard_corpus` documents, are documents of the training articles."""
+    held_out = _news_documents(news_split(split), title)
     chosen = _take(held_out, size.guard_queries, random.Random(SEED + 5 + title))
     corpus = {f"doc-{i}": doc for i, _, doc in held_out}
     if size.guard_corpus is not None:
         keep = {f"doc-{i}" for i, _, _ in chosen}
         rest = [d for d in corpus if d not in keep]
         keep |= set(random.Random(SEED + 7).sample(rest, min(len(rest), max(0, size.guard_corpus - len(keep)))))
-        others = _news_documents(news_split(guard=False), title)
+        others = _news_documents(news_split("train"), title)
         fill = random.Random(SEED + 8).sample(others, min(len(others), max(0, size.guard_corpus - len(keep))))
         corpus = {d: t for d, t in corpus.items() if d in keep} | {f"distractor-{i}": doc for i, _, doc in fill}
     return RetrievalData(queries={i: q for i, q, _ in chosen}, corpus=corpus,
                          relevant={i: {f"doc-{i}": 1} for i, _, _ in chosen})
 
 
-def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> SuiteData:
-    sets = sets or evaluation_sets()
+def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None, split: str = "test") -> SuiteData:
+    sets = sets or evaluation_sets(split)
+    split = sets.split
     retrieval = retrieval_data(sets, size)
     reranking = reranking_data(sets, size)
     sts = PairData(_take(list(sets.sts_pairs), size.sts_pairs, random.Random(SEED + 3)))
@@ -174,7 +176,7 @@ def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> Sui
                            random.Random(SEED + 4)))
     classification = classification_data(sets, size)
     clustering = clustering_data(sets, size)
-    news_title, news_sentence = news_guard_data(size, title=True), news_guard_data(size, title=False)
+    news_title, news_sentence = news_guard_data(size, True, split), news_guard_data(size, False, split)
     sizes = {
         "Retrieval": {"queries": len(retrieval.queries), "documents": len(retrieval.corpus)},
         "Reranking": {"queries": len(reranking.queries), "documents": len(reranking.corpus),
@@ -188,5 +190,5 @@ def build_suite_data(size: SuiteSize, sets: EvaluationSets | None = None) -> Sui
         "PeoplesDailyTitleRetrieval": {"queries": len(news_title.queries), "documents": len(news_title.corpus)},
         "PeoplesDailySentenceRetrieval": {"queries": len(news_sentence.queries), "documents": len(news_sentence.corpus)},
     }
-    return SuiteData(size, retrieval, reranking, sts, pairs, classification, clustering, news_title, news_sentence,
+    return SuiteData(size, split, retrieval, reranking, sts, pairs, classification, clustering, news_title, news_sentence,
                      sizes)

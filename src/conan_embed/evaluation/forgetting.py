@@ -44,6 +44,10 @@ def regressions(base: dict, model: dict, tolerance: float = TOLERANCE) -> list[R
     """The rows scored for both where `model` falls more than `tolerance` below `base`."""
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0, got {tolerance}", field="tolerance")
+    for key in ("split", "size", "embedding_dim"):  # absent in a run's metrics.json blocks
+        if key in base and key in model and base[key] != model[key]:
+            raise InputError(f"the two results were scored differently: {key} {base[key]!r} (base) vs "
+                             f"{model[key]!r}; evaluate both with the same split, size and dim", field=key)
     b, m = comparable_scores(base), comparable_scores(model)
     return [Regression(row, b[row], m[row]) for row in b if row in m and m[row] < b[row] - tolerance]
 

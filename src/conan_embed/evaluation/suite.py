@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from conan_embed.data.splits import check_split
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
 from conan_embed.evaluation.sizes import SuiteSize, get_size
@@ -169,6 +170,7 @@ def run_suite(
     precision: str = "fp32",
     embedding_cache: dict | None = None,
     guard: bool | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate `model` (a SentenceTransformer or a model folder) on the local suite.
 
@@ -187,10 +189,13 @@ def run_suite(
     guard: also run the general-domain guard tasks (People's Daily articles held out of every training
         file: docs/forgetting.md); their scores go to `guard`, never into the categories or the Avg.
         None = with the whole suite (tasks=None) only.
+    split: "test", or "valid": the same tasks on held-out validation data, for choosing recipes,
+        steps and merge weights without looking at test (conan_embed.data.splits).
     Returns the eval.json content.
     """
     start = time.perf_counter()
     size = get_size(size)
+    split = check_split(split)
     names = resolve_tasks(tasks)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size")
@@ -209,10 +214,10 @@ def run_suite(
 
     guards = list(GUARD_TASKS) if (tasks is None if guard is None else guard) else []
 
-    _log(show_progress, f"conan-embed eval: {model_name} | size {size.name} | dim {dim or out_dim} | "
+    _log(show_progress, f"conan-embed eval: {model_name} | {split} split, size {size.name} | dim {dim or out_dim} | "
                         f"tasks {', '.join(names + guards)}")
     t0 = time.perf_counter()
-    data = build_suite_data(size)
+    data = build_suite_data(size, split=split)
     _log(show_progress, f"  data ready in {time.perf_counter() - t0:.1f}s")
     old_max_len = getattr(st_model, "max_seq_length", None)
     cap = size.max_seq_length
@@ -267,6 +272,7 @@ def run_suite(
     result = {
         "model": model_path,
         "model_name": model_name,
+        "split": split,
         "size": size.name,
         "size_settings": size.to_dict(),
         "dim": dim,
@@ -311,7 +317,7 @@ def format_table(result: dict[str, Any]) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
 
     lines = [
-        f"model {result.get('model_name')}  size {result.get('size')}  dim {result.get('embedding_dim')}"
+        f"model {result.get('model_name')}  split {result.get('split', 'test')}  size {result.get('size')}  dim {result.get('embedding_dim')}"
         f"  max_seq_length {result.get('max_seq_length')}",
         fmt(rows[0]), "  ".join("-" * w for w in widths),
     ]

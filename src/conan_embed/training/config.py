@@ -140,6 +140,7 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     size: Literal["quick", "full", "tiny"] = "quick"
+    split: Literal["test", "valid"] = "test"  # valid: choose settings without looking at test
     dims: list[int | None] = field(default_factory=lambda: [None, 256])  # None = the full dim
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = 32

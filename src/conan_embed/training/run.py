@@ -139,7 +139,7 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
     from conan_embed.modeling import load_embedder
 
     cfg = recipe.eval
-    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size,
+    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size, "split": cfg.split,
              "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks,
              "guard": cfg.tasks is None}
     results, model, cache = {}, None, {}
@@ -157,7 +157,7 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
             continue
         _log(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
         results[dim] = run_suite(model, size=cfg.size, dim=dim, output_dir=folder, batch_size=cfg.batch_size,
-                                 precision=cfg.precision, embedding_cache=cache, tasks=cfg.tasks)
+                                 precision=cfg.precision, embedding_cache=cache, tasks=cfg.tasks, split=cfg.split)
         write_json(folder / "stamp.json", stamp)
     return results
 

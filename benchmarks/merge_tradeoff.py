@@ -1,0 +1,138 @@
+"""How much of the fine-tuned model to keep in the merge (issue 12, docs/forgetting.md).
+
+For one recipe with a `merge:` of the last stage and its base, at every seed: train the run (reused when
+done), merge the fine-tuned model with its base at each weight of `--weights` (the fine-tuned model's
+share), and score every merge, the base and the run's own merge on the **validation** split
+(`eval.split=valid`) at the recipe's dims. The chosen weight is the largest one at which, at every dim and
+every seed, no category is below the base and no guard task more than 1 point below it. Then the chosen
+merge of each seed is scored once on the **test** split: mean ± std over seeds, against the base.
+
+    python benchmarks/merge_tradeoff.py --recipe recipes/quickstart.yaml --seeds 3 \\
+        --weights 1,0.7,0.6,0.5,0.4,0.3 --output runs/merge-tradeoff
+
+Prints the validation table (one row per weight, changes against the base), the test table and
+`RESULT merge_tradeoff chosen=<w> ...`. The grid runs on the first `--grid-seeds` seeds (default 1).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _compare import columns_of, mean_std, parse_args, value  # noqa: E402
+
+from conan_embed.evaluation.forgetting import TOLERANCE  # noqa: E402
+from conan_embed.files import write_json, write_text_atomic  # noqa: E402
+from conan_embed.merging import merge_models  # noqa: E402
+from conan_embed.training.config import load_recipe  # noqa: E402
+from conan_embed.training.run import evaluate_model, prepare_data, run_recipe  # noqa: E402
+from conan_embed.training.stage import init_model_path, stage_paths  # noqa: E402
+
+
+def acceptable(base: dict, model: dict) -> bool:
+    """Every category at least the base's, every guard task within the tolerance of it."""
+    return all(value(model, c) >= value(base, c) - (TOLERANCE if c.startswith("guard: ") else 0.0)
+               for c in columns_of(base) if c != "Avg")
+
+
+def merged_at(weight: float, finetuned: Path, base: Path, folder: Path) -> Path:
+    """The fine-tuned model at `weight`, its base at 1 - weight (kept when already written)."""
+    if weight == 1.0:
+        return finetuned
+    out = folder / f"merge-{weight:g}"
+    if not (out / "merge.json").is_file():
+        merge_models([finetuned, base], out, weights=[weight, 1 - weight], names=["finetuned", "base"],
+                     show_progress=False)
+    return out
+
+
+def delta_row(label: str, base: dict, scores: dict, columns: list[str]) -> str:
+    cells = [f"{100 * value(scores, c):.2f} ({100 * (value(scores, c) - value(base, c)):+.2f})" for c in columns]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def main(argv=None) -> None:
+    args, seeds, recipe = parse_args(__doc__, "recipes/quickstart.yaml", "runs/merge-tradeoff", argv, extra=(
+        ("--weights", "the fine-tuned model's shares to try (default: %(default)s)",
+         {"default": "1,0.7,0.6,0.5,0.4,0.3"}),
+        ("--grid-seeds", "seeds the grid runs on (default: %(default)s)", {"type": int, "default": 1})))
+    weights = sorted({float(w) for w in args.weights.split(",")}, reverse=True)
+    stage = list(recipe.stages)[-1]
+    prepare_data(recipe)
+    runs = {}
+    for seed in seeds:
+        run = load_recipe(args.recipe, [*args.set, f"seed={seed}", f"output_dir={args.output / f'seed{seed}'}"])
+        print(f"[merge_tradeoff] seed {seed}: training (reused when done)", flush=True)
+        run_recipe(run, resume=True, evaluate=False, show_progress=not args.quiet)
+        merged = Path(run.output_dir) / "merged"
+        runs[seed] = {"recipe": run, "finetuned": stage_paths(run, stage).model, "merged": merged,
+                      "auto_weight": json.loads((merged / "merge.json").read_text())["weights"][recipe.merge.models[0]]}
+    base_path = init_model_path(recipe, stage)
+
+    def scores(label: str, path: Path, seed: int, split: str) -> dict:
+        run = load_recipe(args.recipe, [*args.set, f"seed={seed}", f"output_dir={args.output / f'seed{seed}'}",
+                                        f"eval.split={split}"])
+        return evaluate_model(label, path, run, args.output / f"seed{seed}" / split, resume=True)
+
+    valid_base = scores("base", base_path, seeds[0], "valid")
+    grid, rows = {}, []
+    for seed in seeds[: args.grid_seeds]:
+        r = runs[seed]
+        for w in weights:
+            print(f"[merge_tradeoff] seed {seed}: fine-tuned weight {w:g} on the validation split", flush=True)
+            grid[(seed, w)] = scores(f"w{w:g}", merged_at(w, r["finetuned"], base_path, r["merged"].parent / "grid"),
+                                     seed, "valid")
+        grid[(seed, "auto")] = scores("merged", r["merged"], seed, "valid")
+    ok = [w for w in weights if all(acceptable(valid_base[d], grid[(s, w)][d])
+                                    for s in seeds[: args.grid_seeds] for d in valid_base)]
+    chosen = max(ok) if ok else min(weights)
+    dims = list(valid_base)
+    columns = columns_of(valid_base[dims[0]])
+    lines = [f"# Merge weight vs forgetting: `{args.recipe}`", "",
+             f"Command: `python benchmarks/merge_tradeoff.py --recipe {args.recipe} --seeds {len(seeds)} "
+             f"--weights {args.weights} --grid-seeds {args.grid_seeds}"
+             + "".join(f" --set {s}" for s in args.set) + "`", ""]
+    for d in dims:
+        lines += [f"## Validation split, dim {d or 'full'} (seed {seeds[0]}; change against the base)", "",
+                  "| fine-tuned weight | " + " | ".join(columns) + " | acceptable |",
+                  "|---|" + "---|" * (len(columns) + 1),
+                  "| base | " + " | ".join(f"{100 * value(valid_base[d], c):.2f}" for c in columns) + " | |"]
+        for w in [*weights, "auto"]:
+            result = grid[(seeds[0], w)][d]
+            label = f"{w:g}" if w != "auto" else f"few-shot ({runs[seeds[0]]['auto_weight']:.3f})"
+            lines.append(delta_row(label, valid_base[d], result, columns)[:-1]
+                         + f" {'yes' if acceptable(valid_base[d], result) else 'no'} |")
+        lines.append("")
+    lines += [f"Chosen: fine-tuned weight **{chosen:g}** (the largest acceptable at every dim"
+              + ("" if ok else "; none was, so the smallest tried") + ").", ""]
+
+    test_base = scores("base", base_path, seeds[0], "test")
+    tests = {s: scores(f"w{chosen:g}", merged_at(chosen, runs[s]["finetuned"], base_path, runs[s]["merged"].parent
+                                                 / "grid"), s, "test") for s in seeds}
+    for d in dims:
+        lines += [f"## Test split, dim {d or 'full'}: fine-tuned weight {chosen:g}, seeds {seeds}", "",
+                  "| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
+                  "| base | " + " | ".join(f"{100 * value(test_base[d], c):.2f}" for c in columns) + " |"]
+        cells = []
+        for c in columns:
+            m, sd = mean_std([value(tests[s][d], c) for s in seeds])
+            dm, dsd = mean_std([value(tests[s][d], c) - value(test_base[d], c) for s in seeds])
+            cells.append(f"{100 * m:.2f} ± {100 * sd:.2f} ({100 * dm:+.2f} ± {100 * dsd:.2f})")
+        lines += [f"| merged ({chosen:g}) | " + " | ".join(cells) + " |", ""]
+    passed = sum(acceptable(test_base[d], tests[s][d]) for s in seeds for d in dims)
+    lines.append(f"RESULT merge_tradeoff chosen={chosen:g} auto_weights="
+                 + ",".join(f"{runs[s]['auto_weight']:.3f}" for s in seeds)
+                 + f" test_acceptable={passed}/{len(seeds) * len(dims)} (seed x dim)")
+    write_text_atomic(args.output / "report.md", "\n".join(lines))
+    write_json(args.output / "results.json", {
+        "recipe": args.recipe, "overrides": args.set, "seeds": seeds, "weights": weights, "chosen": chosen,
+        "valid": {"base": valid_base, "grid": {f"{s}:{w}": v for (s, w), v in grid.items()}},
+        "test": {"base": test_base, "chosen": {str(s): v for s, v in tests.items()}}})
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
