@@ -34,10 +34,17 @@ def cmd_build_data(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
+    if args.suite == "cmteb":
+        _eval_cmteb(args, symmetric)
+        return
+    if args.data_dir is not None:
+        raise InputError("--data-dir is for --suite cmteb")
     from conan_embed.evaluation import format_table, run_suite
 
-    symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
-    result = run_suite(args.model, size="quick" if args.quick else args.size, dim=args.dim, output_dir=args.output,
+    size = "quick" if args.quick else args.size or "full"
+    args.output = args.output or "eval"
+    result = run_suite(args.model, size=size, dim=args.dim, output_dir=args.output,
                        batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric,
                        precision=args.precision, split=args.split)
     print(format_table(result))
@@ -50,6 +57,21 @@ def cmd_eval(args) -> None:
               + ("none" if not found else "\n  " + "\n  ".join(map(str, found))))
         if found:
             raise SystemExit(1)
+
+
+def _eval_cmteb(args, symmetric) -> None:
+    """`eval --suite cmteb`: the real C-MTEB datasets; the local suite's size/split/baseline don't apply."""
+    from conan_embed.evaluation import format_cmteb_table, run_cmteb
+
+    for flag, given in (("--size", args.size), ("--quick", args.quick), ("--split", args.split != "test"),
+                        ("--baseline", args.baseline)):
+        if given:
+            raise InputError(f"{flag} is for --suite local, not cmteb")
+    args.output = args.output or "eval-cmteb"
+    result = run_cmteb(args.model, dim=args.dim, tasks=args.tasks, data_dir=args.data_dir, output_dir=args.output,
+                       batch_size=args.batch_size, precision=args.precision, symmetric_prompt=symmetric)
+    print(format_cmteb_table(result))
+    print(f"wrote {Path(args.output) / 'eval.json'}")
 
 
 def cmd_encode(args) -> None:
@@ -194,22 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curate)
 
     model_help = "a model folder, or a shipped model: e5-small (pruned vocabulary), e5-small-full"
-    p = sub.add_parser("eval", help="evaluate a model on the local C-MTEB-shaped suite")
+    p = sub.add_parser("eval", help="evaluate a model on the local C-MTEB-shaped suite, or on C-MTEB itself")
     p.add_argument("model", help=model_help)
-    p.add_argument("--size", default="full", choices=("quick", "full"), help="suite size (default: %(default)s)")
+    p.add_argument("--suite", default="local", choices=("local", "cmteb"),
+                   help="local: the offline C-MTEB-shaped suite; cmteb: the 35 C-MTEB datasets through mteb, with "
+                        "the legacy C-MTEB Avg and mteb's MTEB(cmn, v1) means, docs/evaluation.md "
+                        "(default: %(default)s)")
+    p.add_argument("--size", choices=("quick", "full"), help="local suite size (default: full)")
     p.add_argument("--quick", action="store_true", help="same as --size quick (under 5 minutes on 2 cores)")
     p.add_argument("--dim", type=int, help="evaluate the first DIM dimensions (Matryoshka)")
     p.add_argument("--split", default="test", choices=("test", "valid"),
                    help="valid: the same tasks on validation data, to choose a recipe without looking at test "
                         "(default: %(default)s)")
     p.add_argument("--tasks", help="comma-separated task names or categories (default: all)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="cmteb: one folder per dataset repo, named like the repo id (DIR/C-MTEB/OCNLI, "
+                        "DIR/mteb/T2Retrieval); datasets not there come from the Hugging Face cache or the hub")
     p.add_argument("--symmetric-prompt", default="query",
                    help="model prompt for STS/pair/classification/clustering texts, or 'none' (default: "
                         "%(default)s, e5's convention; use none for bge-style models)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast while encoding, ~1.8x faster on CPUs with AVX-512 bf16 (default: %(default)s)")
-    p.add_argument("--output", default="eval", help="folder for eval.json (default: %(default)s)")
+    p.add_argument("--output", help="folder for eval.json (default: eval; cmteb: eval-cmteb, and a rerun with the "
+                                    "same folder continues an interrupted run)")
     p.add_argument("--baseline", metavar="EVAL_JSON",
                    help="the base model's eval.json (or its folder), same split, size and dim: list every category or "
                         "guard task more than 1 point below it, and exit 1 if there is one")
