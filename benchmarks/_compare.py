@@ -9,9 +9,10 @@ import json
 import statistics
 from pathlib import Path
 
-from conan_embed.evaluation.forgetting import comparable_scores
-from conan_embed.evaluation.suite import CATEGORIES
+from conan_embed.evaluation.forgetting import column_value as value
+from conan_embed.evaluation.forgetting import score_columns as columns_of
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.training.ablation import mean_std
 from conan_embed.training.callbacks import read_log
 from conan_embed.training.config import load_recipe
 from conan_embed.training.run import evaluate_model, prepare_data, run_recipe
@@ -71,24 +72,9 @@ def run_arms(recipe_path: str, arms: dict[str, list[str]], *, seeds: list[int], 
     return runs, base, stage
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _fmt(values: list[float]) -> str:
     mean, std = mean_std(values)
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
-def value(result: dict, column: str) -> float:
-    """A column of an eval result: a category's score, the weighted "Avg", or "guard: <task>"."""
-    return result["avg"] if column == "Avg" else comparable_scores(result)[column]
-
-
-def columns_of(base: dict) -> list[str]:
-    """The six categories in C-MTEB order, the Avg, then the general-domain guard tasks."""
-    return ([c for c in CATEGORIES if c in base["categories"]] + ["Avg"]
-            + [c for c in comparable_scores(base) if c.startswith("guard: ")])
 
 
 def arm_mean(runs: dict, arm: str, seeds: list[int], column: str) -> float:

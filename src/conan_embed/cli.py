@@ -44,9 +44,17 @@ def cmd_eval(args) -> None:
 
     size = "quick" if args.quick else args.size or "full"
     args.output = args.output or "eval"
-    result = run_suite(args.model, size=size, dim=args.dim, output_dir=args.output,
-                       batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric,
-                       precision=args.precision, split=args.split)
+    settings = dict(size=size, batch_size=args.batch_size, tasks=args.tasks, symmetric_prompt=symmetric,
+                    precision=args.precision, split=args.split)
+    if args.dims is not None:
+        from conan_embed.evaluation.dims import run_dims
+
+        if args.dim is not None or args.baseline:
+            raise InputError("--dims scores several dims: leave out --dim and --baseline", field="dims")
+        run_dims(args.model, args.dims, args.output, **settings)
+        print(f"wrote {Path(args.output) / 'matryoshka.md'}, matryoshka.png and dim-*/eval.json")
+        return
+    result = run_suite(args.model, dim=args.dim, output_dir=args.output, **settings)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
     if args.baseline:
@@ -64,7 +72,7 @@ def _eval_cmteb(args, symmetric) -> None:
     from conan_embed.evaluation import format_cmteb_table, run_cmteb
 
     for flag, given in (("--size", args.size), ("--quick", args.quick), ("--split", args.split != "test"),
-                        ("--baseline", args.baseline)):
+                        ("--baseline", args.baseline), ("--dims", args.dims)):
         if given:
             raise InputError(f"{flag} is for --suite local, not cmteb")
     args.output = args.output or "eval-cmteb"
@@ -177,6 +185,17 @@ def cmd_run(args) -> None:
         print((Path(recipe.output_dir) / "report.md").read_text())
 
 
+def cmd_ablation(args) -> None:
+    from conan_embed.training.ablation import run_ablation
+
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {args.seeds}", field="seeds")
+    recipe = _recipe(args)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    run_ablation(recipe, args.output or Path(recipe.output_dir) / "ablation",
+                 seeds=[recipe.seed + i for i in range(args.seeds)], rows=rows)
+
+
 def _add_recipe_args(p, *, stage: bool) -> None:
     p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/quickstart.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -225,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("quick", "full"), help="local suite size (default: full)")
     p.add_argument("--quick", action="store_true", help="same as --size quick (under 5 minutes on 2 cores)")
     p.add_argument("--dim", type=int, help="evaluate the first DIM dimensions (Matryoshka)")
+    p.add_argument("--dims", metavar="all|D1,D2",
+                   help="local suite: every Matryoshka dim of the model (all) or these dims, each text encoded once; "
+                        "a table (matryoshka.md) and a plot (matryoshka.png) in --output")
     p.add_argument("--split", default="test", choices=("test", "valid"),
                    help="valid: the same tasks on validation data, to choose a recipe without looking at test "
                         "(default: %(default)s)")
@@ -320,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p, stage=False)
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ablation", help="the paper's Table 3: from one pre-trained model, fine-tune vanilla, "
+                                        "CBB only, DHNM only and both, over seeds (docs/reproducing.md)")
+    p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/ablation-cpu.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds: the recipe's seed, +1, ... (default: %(default)s)")
+    p.add_argument("--rows", help="comma-separated rows (default: vanilla,CBB only,DHNM only,CBB + DHNM)")
+    p.add_argument("--output", help="folder (default: the recipe's output_dir/ablation); finished work there is reused")
+    p.set_defaults(func=cmd_ablation)
     return parser
 
 
@@ -338,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{str(exc).strip().splitlines()[-1]}", file=sys.stderr)
             return 2
         return 0
-    if args.command in ("pretrain", "finetune", "run") and "DS_ACCELERATOR" not in os.environ:
+    if args.command in ("pretrain", "finetune", "run", "ablation") and "DS_ACCELERATOR" not in os.environ:
         import torch
 
         if not torch.cuda.is_available():  # DeepSpeed, imported by accelerate when installed, would warn about it

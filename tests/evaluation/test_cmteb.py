@@ -349,3 +349,26 @@ def test_task_selection():
     assert sum(p.v2_splits is None for p in plan_tasks(None)) == 4
     with pytest.raises(InputError, match="unknown C-MTEB task 'nope'"):
         plan_tasks("retrieval,nope")
+
+
+def test_recipe_eval_with_the_cmteb_suite(tiny_model_dir, data_dir, datasets_cache, tmp_path):
+    """`eval: {suite: cmteb}` in a recipe: run's evaluations, ablation tables and forgetting checks read the
+    legacy summary under the local suite's keys."""
+    from conan_embed.evaluation.forgetting import regressions, score_columns
+    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.training.run import _scores, evaluate_model
+
+    stages = {"s": {"max_steps": 1, "tasks": {"sts": {"kind": "sts", "file": "sts.jsonl", "batch_size": 2,
+                                                     "loss": {"name": "cosent"}}}}}
+    recipe = recipe_from_dict({"name": "t", "stages": stages,
+                               "eval": {"suite": "cmteb", "data_dir": str(data_dir), "dims": [16],
+                                        "tasks": ["T2Retrieval", "LCQMC"]}})
+    (result,) = evaluate_model("m", tiny_model_dir, recipe, tmp_path, resume=False).values()
+    assert result["suite"] == "cmteb" and result["embedding_dim"] == 16
+    assert result["avg"] == result["legacy"]["avg"] and result["categories"] == result["legacy"]["categories"]
+    assert score_columns(result) == ["Retrieval", "STS", "Avg"] and regressions(result, result) == []
+    assert _scores(result)["tasks"]["LCQMC"] == {"category": "STS", "metric": "cosine_spearman",
+                                                 "score": result["tasks"]["LCQMC"]["legacy"]["score"],
+                                                 "size": {"split": "test"}}
+    with pytest.raises(InputError, match="eval.tasks"):
+        recipe_from_dict({"name": "t", "stages": stages, "eval": {"suite": "cmteb", "tasks": ["InsuranceQARetrieval"]}})

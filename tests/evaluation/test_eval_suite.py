@@ -193,3 +193,32 @@ def test_bf16_precision(tiny_model_dir):
     assert bf16["avg"] == pytest.approx(fp32["avg"], abs=0.05)
     with pytest.raises(InputError, match="precision"):
         run_suite(tiny_model_dir, size="tiny", tasks="STS", show_progress=False, precision="fp8")
+
+
+def test_every_matryoshka_dim_in_one_encoding_pass(tiny_model_dir, tmp_path, capsys):
+    from conan_embed.cli import main
+    from conan_embed.evaluation.dims import parse_dims, run_dims
+    from conan_embed.modeling import load_embedder
+
+    model = load_embedder(tiny_model_dir)
+    assert parse_dims("all", model) == [48]  # a folder without conan_embed.json: its output size
+    model.conan_matryoshka_dims = (16, 32)  # what load_embedder reads from conan_embed.json
+    dims = parse_dims("all", model)
+    assert dims == [16, 32, 48]
+    results = run_dims(model, "all", tmp_path, size="tiny", tasks="STS,Retrieval", show_progress=False)
+    assert list(results) == dims and [r["embedding_dim"] for r in results.values()] == dims
+    first, *rest = results.values()
+    assert all(e["texts_encoded"] > 0 for e in first["tasks"].values())
+    assert all(e["texts_encoded"] == 0 for r in rest for e in r["tasks"].values())  # cut from the cache
+    table = (tmp_path / "matryoshka.md").read_text()
+    assert "| dim | STS | Retrieval | Avg |" in table or "| dim | Retrieval | STS | Avg |" in table
+    for d, r in results.items():
+        assert f"| {d} | " in table and f"{100 * r['avg']:.2f} |" in table
+        assert (tmp_path / f"dim-{d}" / "eval.json").is_file()
+    assert (tmp_path / "matryoshka.png").stat().st_size > 5_000
+    assert parse_dims("16, 32", model) == [16, 32]
+    for bad in ("16,x", "0", "64", ""):
+        with pytest.raises(InputError, match="--dims"):
+            parse_dims(bad, model)
+    assert main(["eval", str(tiny_model_dir), "--dims", "all", "--dim", "16"]) == 2
+    assert "leave out --dim and --baseline" in capsys.readouterr().err

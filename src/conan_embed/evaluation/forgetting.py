@@ -40,11 +40,24 @@ def comparable_scores(result: dict) -> dict[str, float]:
     return scores
 
 
+def score_columns(result: dict) -> list[str]:
+    """A result's table columns: the categories in C-MTEB order, the weighted "Avg", then the guard tasks."""
+    from conan_embed.evaluation.suite import CATEGORIES
+
+    return ([c for c in CATEGORIES if c in result["categories"]] + ["Avg"]
+            + [c for c in comparable_scores(result) if c.startswith("guard: ")])
+
+
+def column_value(result: dict, column: str) -> float:
+    """A column of a result: a category's score, the "Avg", or "guard: <task>"."""
+    return result["avg"] if column == "Avg" else comparable_scores(result)[column]
+
+
 def regressions(base: dict, model: dict, tolerance: float = TOLERANCE) -> list[Regression]:
     """The rows scored for both where `model` falls more than `tolerance` below `base`."""
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0, got {tolerance}", field="tolerance")
-    for key in ("split", "size", "embedding_dim"):  # absent in a run's metrics.json blocks
+    for key in ("split", "size", "dim"):  # absent in a run's metrics.json blocks
         if key in base and key in model and base[key] != model[key]:
             raise InputError(f"the two results were scored differently: {key} {base[key]!r} (base) vs "
                              f"{model[key]!r}; evaluate both with the same split, size and dim", field=key)

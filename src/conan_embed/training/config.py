@@ -139,8 +139,10 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    size: Literal["quick", "full", "tiny"] = "quick"
-    split: Literal["test", "valid"] = "test"  # valid: choose settings without looking at test
+    suite: Literal["local", "cmteb"] = "local"  # cmteb: the real C-MTEB datasets (docs/evaluation.md)
+    data_dir: str | None = None  # cmteb: one folder per dataset repo (else the Hugging Face cache or the hub)
+    size: Literal["quick", "full", "tiny"] = "quick"  # local suite
+    split: Literal["test", "valid"] = "test"  # local suite; valid: choose settings without looking at test
     dims: list[int | None] = field(default_factory=lambda: [None, 256])  # None = the full dim
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = 32
@@ -208,10 +210,11 @@ def _validate(recipe: Recipe) -> None:
         raise InputError("a recipe needs at least one stage under 'stages'", path=src, field="stages")
     _check_text_fields(recipe.model.max_length, "model.max_length", src)
     if recipe.eval.tasks is not None:
+        from conan_embed.evaluation.cmteb_tasks import plan_tasks
         from conan_embed.evaluation.suite import resolve_tasks
 
         try:
-            resolve_tasks(recipe.eval.tasks)
+            (plan_tasks if recipe.eval.suite == "cmteb" else resolve_tasks)(recipe.eval.tasks)
         except InputError as exc:
             raise InputError(str(exc), path=src, field="eval.tasks") from None
     if recipe.mine is not None:

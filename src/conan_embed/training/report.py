@@ -144,8 +144,10 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
     if evals:
         settings = metrics["eval_settings"]
         lines += ["## Evaluation", "",
-                  f"Local C-MTEB-shaped suite, {settings.get('split', 'test')} split, size `{settings['size']}`, "
-                  f"{settings['precision']} encoding; "
+                  (f"C-MTEB (legacy summary: mean over datasets, docs/evaluation.md), "
+                   if settings.get("suite") == "cmteb" else
+                   f"Local C-MTEB-shaped suite, {settings.get('split', 'test')} split, size `{settings['size']}`, ")
+                  + f"{settings['precision']} encoding; "
                   "scores ×100. Main metric per category in brackets.", ""]
         any_model = next(iter(evals.values()))
         for dim_key, result in any_model.items():

@@ -139,7 +139,8 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
     from conan_embed.modeling import load_embedder
 
     cfg = recipe.eval
-    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "size": cfg.size, "split": cfg.split,
+    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "suite": cfg.suite, "size": cfg.size,
+             "split": cfg.split,
              "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks,
              "guard": cfg.tasks is None}
     results, model, cache = {}, None, {}
@@ -156,16 +157,24 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
             _log(f"skipping {label} at dim {dim}: it has only {model.get_embedding_dimension()} dims")
             continue
         _log(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
-        results[dim] = run_suite(model, size=cfg.size, dim=dim, output_dir=folder, batch_size=cfg.batch_size,
-                                 precision=cfg.precision, embedding_cache=cache, tasks=cfg.tasks, split=cfg.split)
+        if cfg.suite == "cmteb":
+            from conan_embed.evaluation import run_cmteb
+
+            results[dim] = run_cmteb(model, dim=dim, tasks=cfg.tasks, data_dir=cfg.data_dir, output_dir=folder,
+                                     batch_size=cfg.batch_size, precision=cfg.precision)
+        else:
+            results[dim] = run_suite(model, size=cfg.size, dim=dim, output_dir=folder, batch_size=cfg.batch_size,
+                                     precision=cfg.precision, embedding_cache=cache, tasks=cfg.tasks, split=cfg.split)
         write_json(folder / "stamp.json", stamp)
     return results
 
 
 def _scores(result: dict) -> dict:
     return {"avg": result["avg"], "categories": result["categories"],
-            "tasks": {n: {"category": e["category"], "metric": e["main_metric"], "score": e["main_score"],
-                          "size": e["size"]} for n, e in result["tasks"].items()},
+            "tasks": {n: {"category": e["category"], "metric": e["legacy"]["metric"], "score": e["legacy"]["score"],
+                          "size": {"split": e["legacy"]["split"]}} if "legacy" in e else
+                      {"category": e["category"], "metric": e["main_metric"], "score": e["main_score"],
+                       "size": e["size"]} for n, e in result["tasks"].items()},
             "guard": {n: e["main_score"] for n, e in (result.get("guard") or {}).items()},
             "embedding_dim": result["embedding_dim"], "seconds": result["seconds"]}
 

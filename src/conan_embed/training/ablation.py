@@ -1,0 +1,202 @@
+"""`conan-embed ablation RECIPE`: the paper's Table 3 for your model and data (docs/reproducing.md).
+
+The recipe's stages before the last (pre-training) and its `mine:` step run once, with the recipe's seed.
+The last stage is the fine-tuning the rows vary; every row, at every seed, starts from that one
+pre-trained model with the same data and steps:
+
+    vanilla      tasks in turn (sequential composer), static hard negatives
+    CBB only     cross-GPU batch balance, static hard negatives
+    DHNM only    tasks in turn, dynamic hard negative mining
+    CBB + DHNM   both: the Conan recipe
+
+The pre-trained model ("pre-training only", the paper's baseline; the base model when the recipe has a
+single stage) and every fine-tuned one are scored with the recipe's `eval` settings. Writes ablation.md
+(rows = methods, columns = categories + Avg and the guard tasks, mean ± std over seeds, per dim),
+ablation.png (bars with error bars) and ablation.json. A finished training or evaluation is reused, so
+an interrupted ablation continues where it stopped. The recipe's `merge:` is not applied (the paper's
+table has none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from conan_embed.errors import InputError
+from conan_embed.evaluation.forgetting import column_value, score_columns
+from conan_embed.files import write_json, write_text_atomic
+from conan_embed.training.config import ComposerConfig, Recipe
+from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
+from conan_embed.training.run import check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe
+from conan_embed.training.stage import init_model_path, stage_paths, train_stage
+
+# row -> (composer, mining mode)
+ROWS = {"vanilla": ("sequential", "static"), "CBB only": ("cbb", "static"),
+        "DHNM only": ("sequential", "dynamic"), "CBB + DHNM": ("cbb", "dynamic")}
+PAPER_AVG = {"pre-training only": 62.9, "vanilla": 68.8, "CBB only": 70.4, "DHNM only": 71.2, "CBB + DHNM": 72.62}
+
+
+def _log(msg: str) -> None:
+    print(f"[ablation] {msg}", file=sys.stderr, flush=True)
+
+
+def _slug(row: str) -> str:
+    return row.lower().replace(" + ", "-").replace(" ", "-")
+
+
+def row_recipe(recipe: Recipe, row: str, seed: int, pretrained: Path, output: Path) -> Recipe:
+    """The recipe's last stage alone, set up as `row`, from the pre-trained model, into its own folder."""
+    if row not in ROWS:
+        raise InputError(f"unknown ablation row {row!r}; expected one of {', '.join(ROWS)}", field="rows")
+    composer, mode = ROWS[row]
+    name = list(recipe.stages)[-1]
+    stage = recipe.stages[name]
+    if composer == "cbb":
+        composer = stage.composer if stage.composer_config.name == "cbb" else ComposerConfig(name="cbb")
+    stage = dataclasses.replace(stage, init=str(pretrained), composer=composer,
+                                mining=dataclasses.replace(stage.mining, mode=mode))
+    return dataclasses.replace(recipe, stages={name: stage}, seed=seed, output_dir=str(output / f"{_slug(row)}-seed{seed}"),
+                               curate=None, mine=None, merge=None)
+
+
+def pretrain_once(recipe: Recipe, output: Path, *, show_progress: bool) -> Path:
+    """Data, curation, the stages before the last and the mine step, once; returns the pre-trained model."""
+    *earlier, last = recipe.stages
+    if recipe.stages[last].init not in ("model", *earlier):
+        raise InputError(f"the last stage ({last!r}) must start from the base model or an earlier stage, not "
+                         f"{recipe.stages[last].init!r}", path=recipe.source, field=f"stages.{last}.init")
+    if earlier:
+        trimmed = dataclasses.replace(recipe, stages={n: recipe.stages[n] for n in earlier}, merge=None,
+                                      output_dir=str(output / "pretrained"))
+        run_recipe(trimmed, resume=True, evaluate=False, show_progress=show_progress)
+    else:
+        if launched_rank_and_world()[0] == 0:
+            prepare_data(recipe)
+            curate_data(recipe, overwrite=False, show_progress=show_progress)
+            check_data_files(recipe)
+            if recipe.mine is not None:
+                mine_candidates(recipe, show_progress=show_progress)
+        barrier()
+    start = recipe.stages[last].init
+    return Path(init_model_path(recipe, last)) if start == "model" else stage_paths(
+        dataclasses.replace(recipe, output_dir=str(output / "pretrained")), start).model
+
+
+def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=None,
+                 show_progress: bool = True) -> dict | None:
+    """Train every row at every seed, then score them (finished work is reused); write and return the
+    tables. Launched on several processes (torchrun), every process trains and rank 0 alone evaluates
+    and writes (the others return None): evaluation comes after all training, so no process waits in a
+    collective while another scores a model."""
+    output = Path(output)
+    rows = list(rows or ROWS)
+    for row in rows:
+        if row not in ROWS:
+            raise InputError(f"unknown ablation row {row!r}; expected one of {', '.join(ROWS)}", field="rows")
+    if not seeds:
+        raise InputError("give at least one seed", field="seeds")
+    init_from_launch()
+    lead = launched_rank_and_world()[0] == 0
+    start = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    _log(f"{recipe.name}: pre-training once, then {len(rows)} rows x {len(seeds)} seeds into {output}")
+    pretrained = pretrain_once(recipe, output, show_progress=show_progress and lead)
+    runs = [(row, seed, row_recipe(recipe, row, seed, pretrained, output)) for seed in seeds for row in rows]
+    for i, (row, seed, r) in enumerate(runs, 1):  # seed-major: a stopped ablation has every row at the first seeds
+        name = next(iter(r.stages))
+        _log(f"[{i}/{len(runs)}] {row}, seed {seed}: training {r.stages[name].max_steps} steps")
+        train_stage(r, name, resume=True, show_progress=show_progress and lead)
+    if not lead:
+        return None
+    baseline = "pre-training only" if len(recipe.stages) > 1 else "base (no training)"
+    _log(f"evaluating {baseline}")
+    scores = {baseline: [evaluate_model("pretrained", pretrained, recipe, output, resume=True)]}
+    for i, (row, seed, r) in enumerate(runs, 1):
+        _log(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
+        model = stage_paths(r, next(iter(r.stages))).model
+        scores.setdefault(row, []).append(evaluate_model(_slug(row), model, r, Path(r.output_dir), resume=True))
+    dims = list(scores[baseline][0])
+    tables = {dim: ablation_table(scores, dim) for dim in dims}
+    lines = [f"# Ablation: `{recipe.source or recipe.name}`", "",
+             f"From one pre-trained model, the last stage (`{list(recipe.stages)[-1]}`) fine-tuned as each row "
+             f"with the same data, {recipe.stages[list(recipe.stages)[-1]].max_steps} steps and seeds {seeds}; "
+             + ("C-MTEB, legacy summary" if recipe.eval.suite == "cmteb" else
+                f"local suite `{recipe.eval.size}`, {recipe.eval.split} split")
+             + "; scores ×100, mean ± std over seeds.", ""]
+    for dim, table in tables.items():
+        lines += [f"## dim {dim or 'full'}", "", *table, ""]
+    first = dims[0]
+    lines += ordering_lines({row: [column_value(s[first], "Avg") for s in runs] for row, runs in scores.items()},
+                            baseline)
+    lines.append(f"\nTime: {(time.perf_counter() - start) / 60:.1f} min (this call; finished work is reused).")
+    write_text_atomic(output / "ablation.md", "\n".join(lines) + "\n")
+    plot_ablation({row: [s[first] for s in runs] for row, runs in scores.items()}, output / "ablation.png",
+                  f"{recipe.name}: ablation (dim {first or 'full'}, {len(seeds)} seeds)")
+    result = {"recipe": recipe.source, "seeds": seeds, "rows": rows, "baseline": baseline,
+              "scores": {row: [{str(d): r for d, r in s.items()} for s in runs] for row, runs in scores.items()}}
+    write_json(output / "ablation.json", result)
+    print("\n".join(lines))
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def ablation_table(scores: dict[str, list[dict]], dim) -> list[str]:
+    """Markdown rows = methods, columns = categories, Avg and guard tasks; mean ± std over the runs."""
+    columns = score_columns(next(iter(scores.values()))[0][dim])
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row, runs in scores.items():
+        cells = []
+        for c in columns:
+            mean, std = mean_std([column_value(r[dim], c) for r in runs])
+            cells.append(f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if len(runs) > 1 else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ordering_lines(avg: dict[str, list[float]], baseline: str) -> list[str]:
+    """Whether the paper's ordering holds on the Avg means: both >= each alone >= vanilla >= baseline."""
+    means = {row: statistics.mean(v) for row, v in avg.items()}
+    spread = max((statistics.stdev(v) for v in avg.values() if len(v) > 1), default=0.0)
+    pairs = [("CBB + DHNM", "CBB only"), ("CBB + DHNM", "DHNM only"), ("CBB only", "vanilla"),
+             ("DHNM only", "vanilla"), ("vanilla", baseline)]
+    lines = ["## The paper's ordering (Avg)", "",
+             "Paper (C-MTEB Avg, Table 3): " + ", ".join(f"{k} {v}" for k, v in PAPER_AVG.items()) + ".", ""]
+    for hi, lo in pairs:
+        if hi in means and lo in means:
+            diff = means[hi] - means[lo]
+            verdict = ("holds" if diff >= 0 else "reversed") + (" (inside the seeds' spread)" if abs(diff) <= spread else "")
+            lines.append(f"- {hi} ≥ {lo}: {verdict}, {100 * diff:+.2f}")
+    lines.append(f"- largest std over seeds of a row: {100 * spread:.2f}")
+    return lines
+
+
+def plot_ablation(scores: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Grouped bars per column (categories, Avg), one bar per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = [c for c in score_columns(next(iter(scores.values()))[0]) if not c.startswith("guard: ")]
+    x, width = np.arange(len(columns)), 0.8 / len(scores)
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(columns)), 4.5))
+    for i, (row, runs) in enumerate(scores.items()):
+        stats = [mean_std([100 * column_value(r, c) for r in runs]) for c in columns]
+        ax.bar(x + (i - (len(scores) - 1) / 2) * width, [m for m, _ in stats], width, yerr=[s for _, s in stats],
+               capsize=3, label=row)
+    ax.set_xticks(x, columns, rotation=15)
+    lows = [100 * column_value(r, c) for runs in scores.values() for r in runs for c in columns]
+    ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(lows) + 3))
+    ax.set_ylabel("score ×100")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=len(scores))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
