@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         for w in [*weights, "auto"]:
             result = grid[(seeds[0], w)][d]
             label = f"{w:g}" if w != "auto" else f"few-shot ({runs[seeds[0]]['auto_weight']:.3f})"
-            lines.append(delta_row(label, valid_base[d], result, columns)[:-1]
+            lines.append(delta_row(label, valid_base[d], result, columns)
                          + f" {'yes' if acceptable(valid_base[d], result) else 'no'} |"
                          + f" {'yes' if acceptable(valid_base[d], result, tol) else 'no'} |")
         lines.append("")
