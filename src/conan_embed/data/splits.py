@@ -260,9 +260,10 @@ def evaluation_sets(split: str = "test") -> EvaluationSets:
         questions = tuple(q for q in insuranceqa_questions("valid") if q.text not in taken)
         groups = [kept for g in groups if len(kept := tuple(q for q in g if q.text not in taken)) >= 2]
         pool = [q for g in groups for q in g]
-        halves = [stable_fraction("sentiment-valid:" + t) < 0.5 for t, _ in sentiment_split("eval-train")]
-        classifier_train = [x for x, h in zip(sentiment_split("eval-train"), halves) if h]
-        classifier_test = [x for x, h in zip(sentiment_split("eval-train"), halves) if not h]
+        eval_train = sentiment_split("eval-train")
+        first_half = [stable_fraction("sentiment-valid:" + t) < 0.5 for t, _ in eval_train]
+        classifier_train = [x for x, h in zip(eval_train, first_half) if h]
+        classifier_test = [x for x, h in zip(eval_train, first_half) if not h]
     sts = graded_question_pairs(groups, pool, SEED)
     pair_cls = [
         ScoredPair(p.text1, p.text2, 1.0 if p.score >= 2 else 0.0)
