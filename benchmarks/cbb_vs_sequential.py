@@ -25,8 +25,6 @@ from pathlib import Path
 from _compare import arm_mean, columns_of, parse_args, run_arms, score_table, write_outputs
 
 
-
-
 def plot_schedules(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     """Figure 5: each schedule's loss per step against the share of its run done (a sequential step
     trains one task, so its curve jumps between the tasks' loss scales; a CBB step sums them all)."""

@@ -47,11 +47,16 @@ def _slug(row: str) -> str:
     return row.lower().replace(" + ", "-").replace(" ", "-")
 
 
+def check_rows(rows) -> list[str]:
+    for row in rows:
+        if row not in ROWS:
+            raise InputError(f"unknown ablation row {row!r}; expected one of {', '.join(ROWS)}", field="rows")
+    return list(rows)
+
+
 def row_recipe(recipe: Recipe, row: str, seed: int, pretrained: Path, output: Path) -> Recipe:
     """The recipe's last stage alone, set up as `row`, from the pre-trained model, into its own folder."""
-    if row not in ROWS:
-        raise InputError(f"unknown ablation row {row!r}; expected one of {', '.join(ROWS)}", field="rows")
-    composer, mode = ROWS[row]
+    composer, mode = ROWS[check_rows([row])[0]]
     name = list(recipe.stages)[-1]
     stage = recipe.stages[name]
     if composer == "cbb":
@@ -68,9 +73,9 @@ def pretrain_once(recipe: Recipe, output: Path, *, show_progress: bool) -> Path:
     if recipe.stages[last].init not in ("model", *earlier):
         raise InputError(f"the last stage ({last!r}) must start from the base model or an earlier stage, not "
                          f"{recipe.stages[last].init!r}", path=recipe.source, field=f"stages.{last}.init")
+    trimmed = dataclasses.replace(recipe, stages={n: recipe.stages[n] for n in earlier}, merge=None,
+                                  output_dir=str(output / "pretrained"))
     if earlier:
-        trimmed = dataclasses.replace(recipe, stages={n: recipe.stages[n] for n in earlier}, merge=None,
-                                      output_dir=str(output / "pretrained"))
         run_recipe(trimmed, resume=True, evaluate=False, show_progress=show_progress)
     else:
         if launched_rank_and_world()[0] == 0:
@@ -81,8 +86,7 @@ def pretrain_once(recipe: Recipe, output: Path, *, show_progress: bool) -> Path:
                 mine_candidates(recipe, show_progress=show_progress)
         barrier()
     start = recipe.stages[last].init
-    return Path(init_model_path(recipe, last)) if start == "model" else stage_paths(
-        dataclasses.replace(recipe, output_dir=str(output / "pretrained")), start).model
+    return Path(init_model_path(recipe, last)) if start == "model" else stage_paths(trimmed, start).model
 
 
 def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=None,
@@ -92,10 +96,7 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     and writes (the others return None): evaluation comes after all training, so no process waits in a
     collective while another scores a model."""
     output = Path(output)
-    rows = list(rows or ROWS)
-    for row in rows:
-        if row not in ROWS:
-            raise InputError(f"unknown ablation row {row!r}; expected one of {', '.join(ROWS)}", field="rows")
+    rows = check_rows(rows or ROWS)  # before any training
     if not seeds:
         raise InputError("give at least one seed", field="seeds")
     init_from_launch()
