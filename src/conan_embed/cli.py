@@ -13,6 +13,37 @@ from conan_embed.errors import ConanEmbedError, InputError
 DEFAULT_DATA_DIR = "data"
 
 
+def _model(args):
+    """The model argument as the command should pass it on: the path itself for the torch backend (so
+    results name the folder), a loaded model running the folder's ONNX export for --backend onnx."""
+    if getattr(args, "backend", "torch") == "torch":
+        if getattr(args, "onnx_file", None):
+            raise InputError("--onnx-file is for --backend onnx", field="onnx_file")
+        return args.model
+    from conan_embed.modeling import load_embedder
+
+    return load_embedder(args.model, backend=args.backend, onnx_file=args.onnx_file,
+                         device=getattr(args, "device", None))
+
+
+def _add_backend_args(p) -> None:
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="onnx: run the folder's ONNX export (conan-embed export; docs/serving.md) instead of "
+                        "PyTorch (default: %(default)s)")
+    p.add_argument("--onnx-file", help="the export to run, relative to the model folder (default: onnx/model.onnx; "
+                                       "int8: onnx/model_qint8_<arch>.onnx)")
+
+
+def cmd_export(args) -> None:
+    from conan_embed.backends import export_model
+
+    report = export_model(args.model, quantize=None if args.quantize == "none" else args.quantize, arch=args.arch,
+                          check_size=None if args.no_check else "quick")
+    print(report["summary"])
+    for line in report["warnings"]:
+        print(f"WARNING: {line}")
+
+
 def cmd_assets(args) -> None:
     from conan_embed.assets import prepare_all
 
@@ -51,10 +82,10 @@ def cmd_eval(args) -> None:
 
         if args.dim is not None or args.baseline:
             raise InputError("--dims scores several dims: leave out --dim and --baseline", field="dims")
-        run_dims(args.model, args.dims, args.output, **settings)
+        run_dims(_model(args), args.dims, args.output, **settings)
         print(f"wrote {Path(args.output) / 'matryoshka.md'}, matryoshka.png and dim-*/eval.json")
         return
-    result = run_suite(args.model, dim=args.dim, output_dir=args.output, **settings)
+    result = run_suite(_model(args), dim=args.dim, output_dir=args.output, **settings)
     print(format_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
     if args.baseline:
@@ -76,7 +107,7 @@ def _eval_cmteb(args, symmetric) -> None:
         if given:
             raise InputError(f"{flag} is for --suite local, not cmteb")
     args.output = args.output or "eval-cmteb"
-    result = run_cmteb(args.model, dim=args.dim, tasks=args.tasks, data_dir=args.data_dir, output_dir=args.output,
+    result = run_cmteb(_model(args), dim=args.dim, tasks=args.tasks, data_dir=args.data_dir, output_dir=args.output,
                        batch_size=args.batch_size, precision=args.precision, symmetric_prompt=symmetric)
     print(format_cmteb_table(result))
     print(f"wrote {Path(args.output) / 'eval.json'}")
@@ -85,7 +116,7 @@ def _eval_cmteb(args, symmetric) -> None:
 def cmd_encode(args) -> None:
     from conan_embed.encode import encode_file
 
-    shape = encode_file(args.model, args.input, args.output, field=args.field, dim=args.dim,
+    shape = encode_file(_model(args), args.input, args.output, field=args.field, dim=args.dim,
                         prompt_name=args.prompt, batch_size=args.batch_size)
     print(f"wrote {shape[0]} x {shape[1]} float32 embeddings to {args.output}")
 
@@ -118,8 +149,9 @@ def cmd_mine(args) -> None:
     config = MineConfig(top_k=args.top_k, index=args.index, nlist=args.nlist, nprobe=args.nprobe,
                         batch_size=args.batch_size, max_length={"query": args.max_length_query,
                                                                 "passage": args.max_length_passage},
-                        precision=args.precision, cache_dir=args.cache_dir, device=args.device)
-    summary = mine(args.model, args.input, args.corpus, args.output, config)
+                        precision=args.precision, cache_dir=args.cache_dir, device=args.device,
+                        max_rows=args.max_rows, rerank_top=args.rerank_top)
+    summary = mine(_model(args), args.input, args.corpus, args.output, config)
     print(f"wrote {summary['rows']:,} rows with up to {summary['top_k']} candidates each (of {summary['corpus_size']:,} "
           f"passages, {summary['index']} index) to {args.output} in {summary['timings']['total_s']:.0f} s; "
           f"summary in {summary_path(args.output)}")
@@ -145,8 +177,9 @@ def cmd_serve(args) -> None:
     settings = ServeSettings(model=args.model, model_id=args.model_id, api_key=api_key, max_inputs=args.max_inputs,
                              max_body_bytes=args.max_body_mb * 2**20, max_queue=args.max_queue,
                              max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-                             truncate=not args.reject_long, device=args.device, precision=args.precision)
-    print(f"serving {args.model} on http://{args.host}:{args.port}/v1/embeddings"
+                             truncate=not args.reject_long, device=args.device, precision=args.precision,
+                             backend=args.backend, onnx_file=args.onnx_file)
+    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/v1/embeddings"
           f"{' (API key required)' if api_key else ''}", flush=True)
     serve(settings, host=args.host, port=args.port)
 
@@ -265,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="EVAL_JSON",
                    help="the base model's eval.json (or its folder), same split, size and dim: list every category or "
                         "guard task more than 1 point below it, and exit 1 if there is one")
+    _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("encode", help="encode a file of texts into a .npy matrix")
@@ -275,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, help="keep the first DIM dimensions (Matryoshka), then renormalise")
     p.add_argument("--prompt", help="model prompt to prepend: query or document (default: none)")
     p.add_argument("--batch-size", type=int, default=32)
+    _add_backend_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("mine", help="rank a corpus for retrieval rows: their hard-negative candidates (docs/mining.md)")
@@ -294,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="embedding cache (default: $CONAN_EMBED_CACHE/embeddings); a re-run or an "
                    "interrupted run reuses what is there")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--max-rows", type=int, help="mine a fixed random sample of this many rows (the sample a "
+                                                "training task's max_rows takes; default: all)")
+    p.add_argument("--rerank-top", type=int, help="rank only the rows' positives and their first N input "
+                   "`candidates` (re-rank an existing ranking) instead of the whole corpus")
+    _add_backend_args(p)
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("merge", help="average the parameters of models trained from one base (LM-Cocktail; "
@@ -328,7 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 400 for texts over the model's length limit (default: truncate them)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    _add_backend_args(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a model folder to ONNX (fp32, or int8) for the onnx backend "
+                                      "(docs/serving.md)")
+    p.add_argument("model", help="a model folder; the export goes to its onnx/ subfolder")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--quantize", default="none", choices=("none", "int8"),
+                   help="int8: dynamic quantisation of the weights (default: %(default)s)")
+    p.add_argument("--arch", default="avx2", choices=("arm64", "avx2", "avx512", "avx512_vnni"),
+                   help="int8: the CPU family the file is for (default: %(default)s)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the agreement check (cosine against torch on sample texts, and for int8 the quick "
+                        "suite's Retrieval against fp32)")
+    p.set_defaults(func=cmd_export)
 
     for stage, what in (("pretrain", "weak-pair InfoNCE with in-batch negatives"),
                         ("finetune", "retrieval with hard negatives + STS, Matryoshka")):

@@ -127,24 +127,40 @@ def own_storage(model):
 
 
 def save_embedder(model, path: str | Path) -> Path:
-    """Save as a sentence-transformers folder, plus conan_embed.json (Matryoshka dims)."""
+    """Save as a classic sentence-transformers folder that older stacks and servers load too
+    (conan_embed.portable), plus conan_embed.json (Matryoshka dims)."""
+    from conan_embed.portable import make_portable
+
     path = Path(path)
     with own_storage(model):
         model.save(str(path))
+    make_portable(path, max_seq_length=getattr(model, "max_seq_length", None))
     dims = getattr(model, "conan_matryoshka_dims", None) or (model.get_embedding_dimension(),)
     write_json(path / CONAN_CONFIG, {"matryoshka_dims": list(dims)})
     return path
 
 
-def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, device: str | None = None):
+def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, device: str | None = None,
+                  backend: str = "torch", onnx_file: str | None = None):
     """Load a model folder (ours or any sentence-transformers folder), a shipped model by name
-    ('e5-small', prepared on first use) or, with hub access, a hub id."""
+    ('e5-small', prepared on first use) or, with hub access, a hub id.
+
+    backend="onnx" runs the folder's ONNX export (`onnx_file`, default onnx/model.onnx; written by
+    `conan-embed export`) in place of the PyTorch transformer (conan_embed.backends)."""
     from sentence_transformers import SentenceTransformer
 
     from conan_embed.assets import resolve_model
 
+    if backend not in ("torch", "onnx"):
+        raise InputError(f"backend must be torch or onnx, got {backend!r}", field="backend")
     path = resolve_model(name_or_path)
     model = SentenceTransformer(str(path), truncate_dim=truncate_dim, device=device)
+    if backend == "onnx":
+        from conan_embed.backends import use_onnx
+
+        if not Path(path).is_dir():
+            raise InputError("the onnx backend needs a local model folder", path=path, field="backend")
+        use_onnx(model, path, onnx_file)
     conf = Path(path) / CONAN_CONFIG
     dims = json.loads(conf.read_text())["matryoshka_dims"] if conf.is_file() else [model.get_embedding_dimension()]
     model.conan_matryoshka_dims = tuple(dims)

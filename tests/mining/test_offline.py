@@ -126,6 +126,31 @@ def test_mined_rows_train(st_model, files, tmp_path, recipe_dict):
     assert [loaded.corpus_ids[j] for j in loaded.negative_window(0)] == first["candidates"][3:5]
 
 
+def test_a_row_sample_reranks_its_own_candidates(st_model, train_data, tmp_path):
+    """max_rows mines the sample a training task's max_rows takes; rerank_top ranks only the union of the
+    rows' positives and first N input candidates (the whole corpus is never encoded)."""
+    from conan_embed.data.records import fixed_sample
+
+    rows = list(read_records(train_data / "finetune/retrieval.jsonl"))
+    config = MineConfig(top_k=8, max_rows=10, rerank_top=6, cache_dir=str(tmp_path / "cache"))
+    summary = mine(st_model, train_data / "finetune/retrieval.jsonl", train_data / "finetune/corpus.jsonl",
+                   tmp_path / "mined.jsonl", config, show_progress=False)
+    picked = [rows[i] for i in fixed_sample(len(rows), 10)]
+    mined = list(read_records(tmp_path / "mined.jsonl"))
+    assert [r["id"] for r in mined] == [r["id"] for r in picked]
+    pool = {str(c) for r in picked for c in r["candidates"][:6]} | {str(p) for r in picked for p in r["positive_ids"]}
+    assert summary["corpus_size"] == len(pool) < summary["corpus_total"] and summary["rows_total"] == len(rows)
+    assert all(set(r["candidates"]) <= pool and len(r["candidates"]) == 8 for r in mined)
+    assert any(r["candidates"] != p["candidates"][:8] for r, p in zip(mined, picked))  # re-ranked by the model
+    write_records(tmp_path / "bare.jsonl", [{k: v for k, v in r.items() if k != "candidates"} for r in rows])
+    with pytest.raises(InputError, match=r"bare.jsonl, row \d+.*rerank_top needs every row to have ranked `candidates`"):
+        mine(st_model, tmp_path / "bare.jsonl", train_data / "finetune/corpus.jsonl", tmp_path / "o.jsonl", config,
+             show_progress=False)
+    with pytest.raises(InputError, match="max_rows must be > 0"):
+        mine(st_model, tmp_path / "bare.jsonl", train_data / "finetune/corpus.jsonl", tmp_path / "o.jsonl",
+             MineConfig(max_rows=0), show_progress=False)
+
+
 def test_bad_input_names_file_and_row(st_model, files, tmp_path):
     queries, corpus_path, rows, corpus = files
     bad = [dict(r) for r in rows]

@@ -1,4 +1,5 @@
-"""`conan-embed serve` as a user runs it: a subprocess, the key from the environment, a clean stop."""
+"""`conan-embed serve` as a user runs it: a subprocess, the key from the environment, the int8 ONNX backend,
+a clean stop."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def test_serve_command(tiny_model):
     port = free_port()
     env = {**os.environ, "CONAN_EMBED_API_KEY": "k1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "conan_embed.cli", "serve", tiny_model, "--port", str(port),
-                             "--model-id", "demo", "--max-queue", "16"], env=env, stdout=subprocess.PIPE,
+                             "--model-id", "demo", "--max-queue", "16", "--backend", "onnx",
+                             "--onnx-file", "onnx/model_qint8_avx2.onnx"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -38,4 +40,4 @@ def test_serve_command(tiny_model):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-2000:]
-    assert f"serving {tiny_model} on http://127.0.0.1:{port}/v1/embeddings (API key required)" in out
+    assert f"serving {tiny_model} (onnx) on http://127.0.0.1:{port}/v1/embeddings (API key required)" in out

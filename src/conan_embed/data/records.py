@@ -67,6 +67,19 @@ def validate_record(row, kind: str, *, path=None, row_number: int | None = None)
     return row
 
 
+def fixed_sample(n: int, k: int | None) -> list[int]:
+    """The sorted indices of one fixed random sample of k of n rows (all of them when k is None or >= n).
+
+    The same sample whatever the run's seed, so that a training task's `max_rows` and the mine step's
+    `max_rows` pick the same rows and runs with several seeds train on the same data.
+    """
+    if k is None or k >= n:
+        return list(range(n))
+    import random
+
+    return sorted(random.Random(0).sample(range(n), k))
+
+
 def read_corpus(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(ids as strings, texts) of a corpus file; an id given twice is an error naming its row."""
     ids, texts, seen = [], [], set()

@@ -282,6 +282,7 @@ def run_suite(
         "symmetric_prompt": symmetric_prompt,
         "batch_size": batch_size,
         "precision": precision,
+        "backend": getattr(st_model, "conan_backend", None) or {"backend": "torch"},
         "device": str(getattr(st_model, "device", "")) or None,
         "avg": summary["avg"],
         "n_datasets": summary["n_datasets"],

@@ -22,6 +22,12 @@ class MineConfig:
     chunk_size: int = 4096  # texts per cached chunk of embeddings: the unit of resumption
     cache_dir: str | None = None  # embeddings cache (None: <conan-embed cache>/embeddings)
     device: str | None = None  # None: cuda when available
+    # A smaller job for small machines: mine only a fixed random sample of the rows (the same sample a
+    # training task's `max_rows` takes), and/or rank only the union of those rows' positives and their
+    # first `rerank_top` input candidates (re-rank an existing ranking, e.g. the shipped TF-IDF one)
+    # instead of the whole corpus.
+    max_rows: int | None = None
+    rerank_top: int | None = None
 
 
 @dataclass
@@ -36,9 +42,9 @@ class RecipeMineConfig(MineConfig):
 
 
 def check_mine_config(config: MineConfig, prefix: str = "", source=None) -> MineConfig:
-    for key in ("top_k", "nprobe", "hnsw_m", "ef_search", "batch_size", "chunk_size"):
+    for key in ("top_k", "nprobe", "hnsw_m", "ef_search", "batch_size", "chunk_size", "max_rows", "rerank_top"):
         value = getattr(config, key)
-        if value <= 0:
+        if value is not None and value <= 0:
             raise InputError(f"{prefix}{key} must be > 0, got {value}", path=source, field=f"{prefix}{key}")
     if config.nlist is not None and config.nlist <= 0:
         raise InputError(f"{prefix}nlist must be > 0, got {config.nlist}", path=source, field=f"{prefix}nlist")

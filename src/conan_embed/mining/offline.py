@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conan_embed.data.records import read_corpus, read_records, write_records
+from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
 from conan_embed.mining.config import MineConfig, check_mine_config
@@ -64,6 +64,19 @@ def model_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def rerank_corpus(rows: list[dict], row_numbers: list[int], corpus_ids: list[str], top: int, path) -> list[int]:
+    """Corpus indices (in corpus order) of every row's positives and first `top` input candidates."""
+    wanted: set[str] = set()
+    for row, number in zip(rows, row_numbers):
+        candidates = row.get("candidates")
+        if not candidates:
+            raise InputError("rerank_top needs every row to have ranked `candidates` (e.g. the shipped TF-IDF "
+                             "ones) to re-rank; this row has none", path=path, row=number, field="candidates")
+        wanted.update(str(c) for c in candidates[:top])
+        wanted.update(str(p) for p in row.get("positive_ids") or ())
+    return [i for i, cid in enumerate(corpus_ids) if cid in wanted]
+
+
 def texts_digest(texts: list[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
@@ -100,7 +113,8 @@ def embed_cached(model, texts: list[str], kind: str, config: MineConfig, *, mode
     chunks = [folder / f"chunk-{i:05d}.npy" for i in range(math.ceil(len(texts) / config.chunk_size))]
     todo = [i for i, f in enumerate(chunks) if not f.is_file()]
     step = max(config.batch_size * 8, 1)  # progress granularity inside a chunk
-    with tqdm(total=len(texts), desc=f"encode {kind}s", unit="text", disable=not show_progress) as bar:
+    label = "encode queries" if kind == "query" else "encode passages"
+    with tqdm(total=len(texts), desc=label, unit="text", disable=not show_progress) as bar:
         bar.update(len(texts) - sum(len(texts[i * config.chunk_size:(i + 1) * config.chunk_size]) for i in todo))
         for i in todo:
             part = texts[i * config.chunk_size:(i + 1) * config.chunk_size]
@@ -180,6 +194,12 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     if not corpus_ids:
         raise InputError("the corpus is empty", path=corpus_path)
     rows = read_query_rows(input_path, {cid: i for i, cid in enumerate(corpus_ids)})
+    rows_total, corpus_total = len(rows), len(corpus_ids)
+    numbers = fixed_sample(len(rows), config.max_rows)
+    rows = [rows[i] for i in numbers]
+    if config.rerank_top is not None:
+        keep = rerank_corpus(rows, [i + 1 for i in numbers], corpus_ids, config.rerank_top, input_path)
+        corpus_ids, corpus_texts = [corpus_ids[i] for i in keep], [corpus_texts[i] for i in keep]
     excluded = exclusions(rows, corpus_ids, corpus_texts)
 
     import torch
@@ -214,7 +234,8 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     timings["total_s"] = round(time.perf_counter() - start, 2)
     summary = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
                "model_fingerprint": model_key, "input": str(input_path), "corpus": str(corpus_path),
-               "output": str(output_path), "rows": len(rows), "corpus_size": len(corpus_ids),
+               "output": str(output_path), "rows": len(rows), "rows_total": rows_total,
+               "corpus_size": len(corpus_ids), "corpus_total": corpus_total, "rerank_top": config.rerank_top,
                "top_k": config.top_k, "rows_with_fewer": short, "index": config.index,
                "cache": {"passage": corpus_key, "query": query_key, "root": str(cache_root(config))},
                "mean_top1_score": round(float(scores[:, 0].mean()), 5), "timings": timings}
@@ -230,6 +251,9 @@ def summary_path(output_path: str | Path) -> Path:
 def _state_fingerprint(model) -> str:
     """A model object's weights, hashed (for models passed in memory rather than as a folder)."""
     digest = hashlib.sha256()
+    onnx_file = getattr(model[0].auto_model, "file", None) if getattr(model, "conan_backend", None) else None
+    if onnx_file:  # the onnx backend's transformer weights live in the file, not in the state dict
+        digest.update(Path(onnx_file).read_bytes())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().float().numpy().tobytes())

@@ -50,6 +50,8 @@ class ServeSettings:
     tokenizer_threads: int = 1
     gil_switch_s: float = 0.0005  # sys.setswitchinterval while serving (see lifespan)
     pass_overhead_tokens: int | None = None  # a forward pass's fixed cost in tokens (None: measured at load)
+    backend: str = "torch"  # or "onnx": the folder's ONNX export (conan_embed.backends)
+    onnx_file: str | None = None  # which export (default onnx/model.onnx)
 
 
 class APIError(Exception):
@@ -196,7 +198,8 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
     engine = engine or EmbeddingEngine(settings.model, device=settings.device, precision=settings.precision,
                                        max_batch_tokens=settings.max_batch_tokens, max_queue=settings.max_queue,
                                        max_wait_ms=settings.max_wait_ms, tokenizer_threads=settings.tokenizer_threads,
-                                       pass_overhead_tokens=settings.pass_overhead_tokens, metrics=metrics)
+                                       pass_overhead_tokens=settings.pass_overhead_tokens, metrics=metrics,
+                                       backend=settings.backend, onnx_file=settings.onnx_file)
     model_id = settings.model_id or str(settings.model).rstrip("/").split("/")[-1]
     state = {"error": None, "started": int(time.time())}
 

@@ -34,8 +34,9 @@ class EmbeddingEngine:
     def __init__(self, model_path: str, *, device: str | None = None, precision: str = "fp32",
                  max_batch_tokens: int = 8192, max_queue: int = 1024, max_wait_ms: float = 2.0,
                  tokenizer_threads: int = 1, pass_overhead_tokens: int | None = None,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, backend: str = "torch", onnx_file: str | None = None):
         self.model_path, self.device, self.precision = model_path, device, precision
+        self.backend, self.onnx_file = backend, onnx_file
         self.metrics = metrics or ServerMetrics()
         self.model = None
         self.dims: tuple[int, ...] = ()
@@ -52,7 +53,7 @@ class EmbeddingEngine:
         """Blocking: load the model (the server answers 503 until this returns)."""
         from conan_embed.modeling import load_embedder
 
-        model = load_embedder(self.model_path, device=self.device)
+        model = load_embedder(self.model_path, device=self.device, backend=self.backend, onnx_file=self.onnx_file)
         model.eval()
         full = model.get_embedding_dimension()
         self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))

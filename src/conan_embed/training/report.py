@@ -82,10 +82,37 @@ def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
 
 def _mining_section(m: dict) -> list[str]:
     t = m["timings"]
+    rows = f"{m['rows']:,}" + (f" of {m['rows_total']:,}" if m.get("rows_total", m["rows"]) != m["rows"] else "")
+    corpus = f"{m['corpus_size']:,} passages"
+    if m.get("rerank_top"):
+        corpus = (f"{m['corpus_size']:,} of {m['corpus_total']:,} passages: the rows' positives and first "
+                  f"{m['rerank_top']} input candidates, re-ranked")
     return ["## Candidate mining", "",
-            f"`{m['input']}`: {m['rows']:,} rows ranked over `{m['corpus']}` ({m['corpus_size']:,} passages) by "
+            f"`{m['input']}`: {rows} rows ranked over `{m['corpus']}` ({corpus}) by "
             f"`{m['model']}` ({m['index']} index); the top {m['top_k']} ids without the row's positives -> "
             f"`{m['output']}` ({t['encode_s']:.0f} s encoding, cached; {t['search_s']:.0f} s search).", ""]
+
+
+def parts_lines(metrics: dict) -> list[str]:
+    """Which parts of the Conan recipe this run used: curation, mining, CBB, DHNM, merging."""
+    def mark(ran: bool, text: str) -> str:
+        return f"- [{'x' if ran else ' '}] {text}"
+
+    stages = metrics["stages"]
+    cbb = [n for n, s in stages.items() if s.get("composer") == "cbb"]
+    dynamic = {f"{n}/{t}": m for n, s in stages.items() for t, m in (s.get("mining") or {}).items()}
+    checks, replaced = (sum(m[k] for m in dynamic.values()) for k in ("checks", "replaced"))
+    c, m, merge = metrics.get("curation"), metrics.get("mining"), metrics.get("merge")
+    return [
+        mark(bool(c), "data curation" + (f": {c['rows_in']:,} -> {c['kept']:,} pairs" if c else "")),
+        mark(bool(m), "hard-negative mining with a model" + (f" (`{m['model']}`, {m['rows']:,} rows)" if m else
+                                                               ": no, the data's own candidates")),
+        mark(bool(cbb), "cross-GPU batch balance" + (f" in {', '.join(f'`{n}`' for n in cbb)}" if cbb else "")),
+        mark(bool(dynamic), "dynamic hard-negative mining" + (
+            f" in {', '.join(f'`{k}`' for k in dynamic)}: {checks} checks, {replaced:,} sets replaced"
+            + (" (none was exhausted: see Hard negatives)" if not replaced else "") if dynamic else "")),
+        mark(bool(merge), "model merging (LM-Cocktail)"),
+    ]
 
 
 def _negatives_section(metrics: dict) -> list[str]:
@@ -119,6 +146,7 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
               f"- final model: `{metrics['final_model']}` (loads with `SentenceTransformer(path)`, "
               f"`truncate_dim=` any Matryoshka dim)",
               f"- created {metrics['created']}; total {metrics['timings']['total_s'] / 60:.1f} min", ""]
+    lines += ["## Recipe parts that ran", "", *parts_lines(metrics), ""]
     if metrics.get("curation"):
         lines += _curation_section(metrics["curation"], recipe)
     if metrics.get("mining"):

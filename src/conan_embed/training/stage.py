@@ -279,6 +279,7 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         "tasks": {n: {"kind": t.kind, "file": str(t.path), "rows": len(t), "batch_size": t.config.batch_size}
                   for n, t in tasks.items()},
         "matryoshka_dims": list(model.conan_matryoshka_dims),
+        "composer": stage.composer_config.name,
         "negatives": stage.mining.mode,
         "mining": miner.summary() if miner is not None else None,
         "fingerprint": fingerprint,

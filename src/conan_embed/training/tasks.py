@@ -16,13 +16,12 @@ steps.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from conan_embed.data.records import read_corpus, read_records
+from conan_embed.data.records import fixed_sample, read_corpus, read_records
 from conan_embed.errors import InputError
 from conan_embed.training.config import TaskConfig
 
@@ -73,8 +72,7 @@ class TrainingTask:
         rows = list(read_records(path, RECORD_KIND[self.kind]))
         self.row_numbers = np.arange(1, len(rows) + 1)  # 1-based file rows, for messages
         if config.max_rows is not None and config.max_rows < len(rows):
-            # one fixed sample whatever the recipe's seed: runs with several seeds train on the same rows
-            keep = sorted(random.Random(0).sample(range(len(rows)), config.max_rows))
+            keep = fixed_sample(len(rows), config.max_rows)
             rows, self.row_numbers = [rows[i] for i in keep], self.row_numbers[keep]
         self.rows = rows
         if len(self.rows) < config.batch_size:
