@@ -32,6 +32,9 @@ def test_run_mines_with_the_pretrained_model_then_mines_dynamically(recipe_dict,
     assert metrics["stages"]["finetune"]["negatives"] == "dynamic" and mined["checks"] == 2 and mined["rows"] == 16
     report = (run / "report.md").read_text()
     assert "## Candidate mining" in report and "**dynamic** hard negatives: 2 checks" in report
+    replaced = mined["replaced"]
+    assert "- [x] hard-negative mining with a model (`" in report and "- [ ] cross-GPU batch balance" in report
+    assert f"- [x] dynamic hard-negative mining in `finetune/retrieval`: 2 checks, {replaced:,} sets replaced" in report
     assert "`pretrain` /" not in report  # the pre-training task has no hard negatives
     assert (run / "finetune" / "negatives.png").is_file() and set(metrics["eval"]["finetune"]["dim-full"]["categories"]) == {"Retrieval"}
 

@@ -46,6 +46,8 @@ def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
     assert "## Data curation" in report and f"| **total** | **48** | **{curation['kept']}** |" in report
     assert "A tiny test recipe." in report and "| **Avg** (weighted by datasets) |" in report
     assert "## Merge" in report and f"{weights['finetune']:.3f} × `finetune`" in report
+    assert "- [x] data curation: 48 -> " in report and "- [x] model merging (LM-Cocktail)" in report
+    assert "- [ ] dynamic hard-negative mining" in report and "- [ ] hard-negative mining with a model: no" in report
     assert "### Forgetting check" in report and "| PeoplesDailyTitleRetrieval |" in report
     assert report.count("| Retrieval (ndcg_at_10) |") == 2  # full dim and 16
     avg = metrics["eval"]["merged"]["dim-full"]["avg"]
