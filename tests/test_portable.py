@@ -77,3 +77,11 @@ def test_unknown_module_is_named(tmp_path):
     (tmp_path / "modules.json").write_text("{not json")
     with pytest.raises(InputError, match=r"modules.json.*cannot read"):
         make_portable(tmp_path, max_seq_length=8)
+
+
+def test_the_stated_length_never_exceeds_the_position_embeddings(tmp_path):
+    # build_embedder's default cap (512) is longer than this BERT's 40 positions: the folder says 40
+    model = build_embedder(tiny_bert(tmp_path / "bert", TEXTS, max_positions=40), pooling="mean", out_dim=None)
+    folder = save_embedder(model, tmp_path / "model")
+    assert _json(folder / "sentence_bert_config.json")["max_seq_length"] == 40
+    assert load_embedder(folder).encode(["保险" * 100]).shape == (1, 32)

@@ -129,12 +129,12 @@ def own_storage(model):
 def save_embedder(model, path: str | Path) -> Path:
     """Save as a classic sentence-transformers folder that older stacks and servers load too
     (conan_embed.portable), plus conan_embed.json (Matryoshka dims)."""
-    from conan_embed.portable import make_portable
+    from conan_embed.portable import effective_max_seq_length, make_portable
 
     path = Path(path)
     with own_storage(model):
         model.save(str(path))
-    make_portable(path, max_seq_length=getattr(model, "max_seq_length", None))
+    make_portable(path, max_seq_length=effective_max_seq_length(model))
     dims = getattr(model, "conan_matryoshka_dims", None) or (model.get_embedding_dimension(),)
     write_json(path / CONAN_CONFIG, {"matryoshka_dims": list(dims)})
     return path

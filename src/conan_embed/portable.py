@@ -57,6 +57,19 @@ def classic_pooling(config: dict) -> dict:
     return out
 
 
+def effective_max_seq_length(model) -> int | None:
+    """The longest input the model can take: its `max_seq_length`, capped by the tokenizer's
+    `model_max_length` and the transformer's position embeddings (what sentence-transformers 6 derives
+    when a folder states none; a stated value is trusted, so it must not exceed what the model has)."""
+    first = model[0]
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    tokenizer = getattr(first, "tokenizer", None)
+    limits = (getattr(model, "max_seq_length", None), getattr(tokenizer, "model_max_length", None),
+              getattr(config, "max_position_embeddings", None))
+    valid = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**6]  # model_max_length may be a 1e30 sentinel
+    return min(valid) if valid else None
+
+
 def make_portable(path: str | Path, *, max_seq_length: int | None) -> Path:
     """Rewrite a saved sentence-transformers folder in place to the classic layout (see the module doc).
 
