@@ -43,7 +43,19 @@ def test_scores_from_a_tiny_teacher_are_cosines_and_repeatable(tiny_teacher, shi
     assert self_scores.mean() > scores.mean()  # a query is closer to itself than to its answer
 
 
-@pytest.mark.parametrize("bad", [{"percentile": 100}, {"threshold": 1.5}])
+def test_the_teacher_runs_on_the_onnx_backend(tiny_teacher, shipped_pairs, tmp_path):
+    from conan_embed.backends import export_onnx
+    from conan_embed.modeling import load_embedder, save_embedder
+
+    folder = save_embedder(load_embedder(tiny_teacher), tmp_path / "teacher")
+    export_onnx(load_embedder(folder), folder)
+    q, p = [x["query"] for x in shipped_pairs[:12]], [x["passage"] for x in shipped_pairs[:12]]
+    torch_scores, _ = TeacherScorer(TeacherConfig(model=str(folder)), device="cpu").score(q, p)
+    onnx_scores, _ = TeacherScorer(TeacherConfig(model=str(folder), backend="onnx"), device="cpu").score(q, p)
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"percentile": 100}, {"threshold": 1.5}, {"backend": "tensorrt"}])
 def test_bad_teacher_settings_name_the_key(bad):
     from conan_embed.curate.config import curate_config_from_dict
     from conan_embed.errors import InputError

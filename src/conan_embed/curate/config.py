@@ -132,6 +132,8 @@ class TeacherConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = 64
     device: str | None = None  # None: cuda when there is one
+    backend: Literal["torch", "onnx"] = "torch"  # onnx: the folder's export (conan-embed export; docs/serving.md)
+    onnx_file: str | None = None  # which export (default onnx/model.onnx)
 
 
 @dataclass

@@ -26,7 +26,7 @@ class TeacherScorer:
 
         self.config = config
         self.device = device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_embedder(config.model, device=self.device)
+        self.model = load_embedder(config.model, device=self.device, backend=config.backend, onnx_file=config.onnx_file)
         prompts = config.prompts if config.prompts is not None else self.model.prompts
         self.prompts = {kind: text_prompt(prompts, kind) for kind in ("query", "passage")}
 
