@@ -248,3 +248,13 @@ def test_cli_curate_prints_the_retention_table(tmp_path, shipped_pairs, capsys):
     assert "stages.dedup.key" in capsys.readouterr().err
     assert main(["curate", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o2")]) == 2
     assert "missing.jsonl: input file not found" in capsys.readouterr().err
+
+
+def test_teacher_backend_is_hashed_only_when_not_the_default():
+    """A curation written before the teacher had a backend ran torch: the default keeps its hash."""
+    from conan_embed.curate.pipeline import _settings
+
+    default = _settings(config({}))
+    assert "backend" not in default["stages"]["teacher"] and "onnx_file" not in default["stages"]["teacher"]
+    onnx = _settings(config({"teacher": {"backend": "onnx"}}))
+    assert onnx["stages"]["teacher"]["backend"] == "onnx"

@@ -62,11 +62,20 @@ def build_row_stages(cfg: CurateConfig) -> list:
     return [stage for stage in built if stage is not None]
 
 
+# teacher settings added after curations were first written: left out of the settings (and so of the
+# hash) while at their default, so an earlier curation, which ran exactly that, stays complete
+_LATER_TEACHER_DEFAULTS = {"backend": "torch", "onnx_file": None}
+
+
 def _settings(cfg: CurateConfig) -> dict:
     """What decides the output: everything but the executor (both executors write the same files)."""
     data = dataclasses.asdict(cfg)
     data.pop("executor")
     data.pop("source")
+    teacher = data["stages"]["teacher"]
+    for key, default in _LATER_TEACHER_DEFAULTS.items():
+        if teacher.get(key) == default:
+            teacher.pop(key)
     return data
 
 
