@@ -50,35 +50,32 @@ print(json.dumps({"sentence_transformers": sentence_transformers.__version__,
 """
 
 
-def build_venv(folder: Path, stack: str, torch: str) -> Path:
-    """A virtual environment with `torch` and `stack` installed (once: a marker names what it holds)."""
-    python = folder / "bin" / "python"
-    marker = folder / ".portable-check-stack"
-    wanted = f"{torch} {stack}"
+def build_venv(root: Path, requirements: str, torch: str) -> Path:
+    """The python of a virtual environment under `root` holding `torch`, then `requirements` (built once:
+    the folder is named after what it holds and a marker says it is complete). serve_peers.py uses it too."""
+    wanted = f"{torch} {requirements}"
+    folder = root / hashlib.sha256(wanted.encode()).hexdigest()[:10]
+    python, marker = folder / "bin" / "python", folder / ".conan-embed-venv"
     if python.exists() and marker.is_file() and marker.read_text() == wanted:
         return python
     print(f"building {folder} with {wanted} (once; needs the package registry)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + [torch], check=True)  # first, so the stack does not pull another torch build
-    subprocess.run(pip + stack.split() + ["numpy<3"], check=True)
+    subprocess.run(pip + [torch], check=True)  # first, so the rest does not pull another torch build
+    subprocess.run(pip + requirements.split(), check=True)
     marker.write_text(wanted)
     return python
 
 
 def sample_texts(n: int) -> dict[str, list[str]]:
     """n insuranceqa test questions and answers (shipped offline), plus a few edge cases."""
-    from conan_embed.evaluation.data import build_suite_data
-    from conan_embed.evaluation.sizes import get_size
+    from conan_embed.backends import probe_texts
 
-    data = build_suite_data(get_size("tiny"), split="test").retrieval
-    queries = list(data.queries.values())[:n]
-    passages = list(data.corpus.values())[:n]
-    passages = [p if isinstance(p, str) else p.get("text", "") for p in passages]
+    queries, passages = probe_texts()
     # no text with surrounding whitespace (nor the empty text): sentence-transformers <= 5 strips every
     # text before tokenising and 6 does not, so those differ between the stacks whatever the folder
     edge = ["a", "保" * 600, "Mixed 中英文 text with emoji 🙂 and numbers 12345"]
-    return {"queries": queries + edge, "passages": passages + edge}
+    return {"queries": queries[:n] + edge, "passages": passages[:n] + edge}
 
 
 def main(argv=None) -> int:
@@ -94,8 +91,7 @@ def main(argv=None) -> int:
     from conan_embed.modeling import load_embedder
 
     folder = Path(args.model).resolve()
-    venv = Path(args.venvs) / hashlib.sha256(f"{args.torch} {args.stack}".encode()).hexdigest()[:10]
-    python = build_venv(venv, args.stack, args.torch)
+    python = build_venv(Path(args.venvs), f"{args.stack} numpy<3", args.torch)
     texts = sample_texts(args.texts)
     ours = load_embedder(folder, device="cpu")
     dim = min(ours.conan_matryoshka_dims)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from portable_check import build_venv  # noqa: E402
 from serve_load import Req, ServerProcess, make_client, make_requests  # noqa: E402
 
 INFINITY = "infinity-emb[server,torch,optimum]==0.0.78"
@@ -47,20 +47,6 @@ PROMPTS = {"query": "query: ", "passage": "passage: "}
 def cpu_arch() -> str:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
-
-
-def infinity_python(folder: Path, spec: str, torch: str) -> Path:
-    """A virtual environment holding infinity (once; a marker names what it holds)."""
-    python, marker = folder / "bin" / "python", folder / ".serve-peers"
-    if python.exists() and marker.is_file() and marker.read_text() == f"{torch} {spec}":
-        return python
-    print(f"building {folder} with {spec} (once; needs the package registry)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + [torch], check=True)
-    subprocess.run(pip + [spec], check=True)
-    marker.write_text(f"{torch} {spec}")
-    return python
 
 
 class Server(ServerProcess):
@@ -184,8 +170,7 @@ def main(argv=None) -> int:
         systems = [s for s in systems if s in args.systems.split(",")]
     python = None
     if any(s.startswith("infinity") for s in systems):
-        spec_key = hashlib.sha256(f"{args.torch} {args.infinity}".encode()).hexdigest()[:10]
-        python = infinity_python(Path(args.venvs) / f"infinity-{spec_key}", args.infinity, args.torch)
+        python = build_venv(Path(args.venvs), args.infinity, args.torch)
     rates: dict[str, dict[int, list[float]]] = {s: {c: [] for c in levels} for s in systems}
     agreement, notes = {}, {}
     logs = Path(tempfile.mkdtemp(prefix="serve-peers-"))

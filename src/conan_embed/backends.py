@@ -120,6 +120,15 @@ def agreement(reference, other, texts: list[str], prompt_name: str | None = None
     return {"texts": len(texts), "min_cosine": round(float(cosines.min()), 6), "mean_cosine": round(float(cosines.mean()), 6)}
 
 
+def probe_texts() -> tuple[list[str], list[str]]:
+    """Shipped insuranceqa test questions (24) and answers (120), offline: what exports are checked on."""
+    from conan_embed.evaluation.data import build_suite_data
+    from conan_embed.evaluation.sizes import get_size
+
+    data = build_suite_data(get_size("tiny"), split="test").retrieval
+    return list(data.queries.values()), list(data.corpus.values())
+
+
 def export_model(folder: str | Path, *, quantize: str | None = None, arch: str = "avx2",
                  check_size: str | None = "quick", max_retrieval_drop: float = 0.01) -> dict:
     """`conan-embed export`: write the ONNX file(s) into `folder`/onnx/, then check them against PyTorch
@@ -142,16 +151,12 @@ def export_model(folder: str | Path, *, quantize: str | None = None, arch: str =
     report = {"file": file, "quantize": quantize, "arch": arch if quantize else None,
               "bytes": target.stat().st_size, "export_s": round(time.perf_counter() - start, 1), "warnings": []}
     if check_size is not None:
-        from conan_embed.evaluation.data import build_suite_data
-        from conan_embed.evaluation.sizes import get_size
         from conan_embed.evaluation.suite import run_suite
 
         onnx = load_embedder(folder, device="cpu", backend="onnx", onnx_file=file)
-        data = build_suite_data(get_size("tiny"), split="test").retrieval
-        report["agreement"] = {
-            "query": agreement(reference, onnx, list(data.queries.values()), "query"),
-            "passage": agreement(reference, onnx, [t if isinstance(t, str) else t.get("text", "")
-                                                   for t in data.corpus.values()], "document")}
+        queries, passages = probe_texts()
+        report["agreement"] = {"query": agreement(reference, onnx, queries, "query"),
+                               "passage": agreement(reference, onnx, passages, "document")}
         if quantize is not None:
             scores = {name: run_suite(model, size=check_size, tasks="Retrieval", show_progress=False,
                                       guard=False)["categories"]["Retrieval"]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conan_embed.curate.config import CurateConfig
+from conan_embed.curate.config import CurateConfig, TeacherConfig
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.executors import make_executor
 from conan_embed.curate.io import Shard, plan_shards, read_shard
@@ -64,7 +64,7 @@ def build_row_stages(cfg: CurateConfig) -> list:
 
 # teacher settings added after curations were first written: left out of the settings (and so of the
 # hash) while at their default, so an earlier curation, which ran exactly that, stays complete
-_LATER_TEACHER_DEFAULTS = {"backend": "torch", "onnx_file": None}
+_LATER_TEACHER_KEYS = ("backend", "onnx_file")
 
 
 def _settings(cfg: CurateConfig) -> dict:
@@ -72,9 +72,9 @@ def _settings(cfg: CurateConfig) -> dict:
     data = dataclasses.asdict(cfg)
     data.pop("executor")
     data.pop("source")
-    teacher = data["stages"]["teacher"]
-    for key, default in _LATER_TEACHER_DEFAULTS.items():
-        if teacher.get(key) == default:
+    teacher, defaults = data["stages"]["teacher"], TeacherConfig()
+    for key in _LATER_TEACHER_KEYS:
+        if teacher.get(key) == getattr(defaults, key):
             teacher.pop(key)
     return data
 
