@@ -18,7 +18,8 @@ from conan_embed.training.config import load_recipe
 def ablation_recipe(recipe_dict, tmp_path):
     finetune = recipe_dict["stages"]["finetune"]
     finetune["max_steps"] = 4
-    finetune["mining"] = {"check_every": 2}  # the rows set the mode
+    # the rows set the mode; at ratio 100 no set is ever exhausted, so a dynamic row trains as its static twin
+    finetune["mining"] = {"check_every": 2, "ratio": 100}
     recipe_dict["eval"] = {"size": "tiny", "dims": [None], "tasks": ["Retrieval", "STS"]}
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
@@ -60,9 +61,16 @@ def test_ablation_writes_the_table_and_reuses_finished_work(ablation_recipe, tmp
     assert read_log(out / "dhnm-only-seed7" / "finetune" / "log.jsonl", "dhnm")  # mining checks ran
     assert not read_log(out / "vanilla-seed7" / "finetune" / "log.jsonl", "dhnm")
 
+    # nothing replaced: each dynamic row has its static twin's weights, scored once, with the same scores
+    assert "- DHNM only, seed 8: the same weights as vanilla, seed 8 (scored once)" in table
+    assert "- CBB + DHNM, seed 7: the same weights as CBB only, seed 7 (scored once)" in table
+    assert "- CBB + DHNM, seed 7: retrieval: 1 checks, 0 sets replaced" in table
+    assert result["scores"]["DHNM only"] == result["scores"]["vanilla"]
+    assert not list(out.glob("dhnm-only-seed*/eval"))
+
     done = [*out.glob("*-seed*/finetune/model/model.safetensors"), *out.rglob("eval.json")]
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    assert len(stamps) == 8 + 9  # 8 fine-tuned models; their 8 evaluations and the pre-trained model's
+    assert len(stamps) == 8 + 5  # 8 fine-tuned models; 4 distinct ones scored, and the pre-trained model
     assert main(["ablation", str(ablation_recipe), "--seeds", "2", "--output", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing re-trained or re-scored
 

@@ -28,10 +28,11 @@ from pathlib import Path
 from conan_embed.errors import InputError
 from conan_embed.evaluation.forgetting import column_value, score_columns
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.mining.offline import model_fingerprint
 from conan_embed.training.config import ComposerConfig, Recipe
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.run import check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe
-from conan_embed.training.stage import init_model_path, stage_paths, train_stage
+from conan_embed.training.stage import init_model_path, read_summary, stage_paths, train_stage
 
 # row -> (composer, mining mode)
 ROWS = {"vanilla": ("sequential", "static"), "CBB only": ("cbb", "static"),
@@ -115,10 +116,20 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     baseline = "pre-training only" if len(recipe.stages) > 1 else "base (no training)"
     _log(f"evaluating {baseline}")
     scores = {baseline: [evaluate_model("pretrained", pretrained, recipe, output, resume=True)]}
+    # A dynamic row whose rule replaced no set trains to its static twin's very weights: score those once.
+    scored, twins = {}, []
     for i, (row, seed, r) in enumerate(runs, 1):
-        _log(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
         model = stage_paths(r, next(iter(r.stages))).model
-        scores.setdefault(row, []).append(evaluate_model(_slug(row), model, r, Path(r.output_dir), resume=True))
+        key = model_fingerprint(model)
+        if key in scored:
+            twin, result = scored[key]
+            twins.append(f"- {row}, seed {seed}: the same weights as {twin} (scored once)")
+            _log(f"[{i}/{len(runs)}] {row}, seed {seed}: the same weights as {twin}, not scored again")
+        else:
+            _log(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
+            result = evaluate_model(_slug(row), model, r, Path(r.output_dir), resume=True)
+            scored[key] = (f"{row}, seed {seed}", result)
+        scores.setdefault(row, []).append(result)
     dims = list(scores[baseline][0])
     tables = {dim: ablation_table(scores, dim) for dim in dims}
     lines = [f"# Ablation: `{recipe.source or recipe.name}`", "",
@@ -132,6 +143,7 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     first = dims[0]
     lines += ordering_lines({row: [column_value(s[first], "Avg") for s in runs] for row, runs in scores.items()},
                             baseline)
+    lines += ["", *mining_lines(runs, twins)]
     lines.append(f"\nTime: {(time.perf_counter() - start) / 60:.1f} min (this call; finished work is reused).")
     write_text_atomic(output / "ablation.md", "\n".join(lines) + "\n")
     plot_ablation({row: [s[first] for s in runs] for row, runs in scores.items()}, output / "ablation.png",
@@ -141,6 +153,22 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     write_json(output / "ablation.json", result)
     print("\n".join(lines))
     return result
+
+
+def mining_lines(runs: list[tuple[str, int, Recipe]], twins: list[str]) -> list[str]:
+    """What dynamic hard-negative mining did in each dynamic row: checks and sets replaced per seed."""
+    lines = ["## Dynamic hard negatives", ""]
+    for row, seed, r in runs:
+        if ROWS[row][1] != "dynamic":
+            continue
+        mining = (read_summary(stage_paths(r, next(iter(r.stages)))) or {}).get("mining") or {}
+        counts = ", ".join(f"{task}: {m['checks']} checks, {m['replaced']} sets replaced ({m['rows_replaced']} of "
+                           f"{m['rows']} rows)" for task, m in mining.items())
+        lines.append(f"- {row}, seed {seed}: {counts or 'no mining summary'}")
+    if twins:
+        lines += ["", "Rows whose model is bit-identical to an earlier row's (no set replaced, so the dynamic "
+                  "row trained exactly as its static twin):", "", *twins]
+    return lines
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
