@@ -32,8 +32,8 @@ from conan_embed.mining.config import MineConfig, check_mine_config
 CACHE_VERSION = 1
 # files in a model or checkpoint folder that do not define the model (hashing optimizer.pt would cost
 # seconds; the model card names the run that wrote it)
-_NOT_MODEL = {"README.md", "optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "conan_checkpoint.json",
-              "dhnm_state.npz", "rng_state.pth"}
+_NOT_MODEL = {"README.md", "optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin",
+              "conan_checkpoint.json", "dhnm_state.npz", "rng_state.pth"}
 
 
 def read_query_rows(path: str | Path, corpus_index: dict[str, int]) -> list[dict]:

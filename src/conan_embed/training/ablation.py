@@ -166,8 +166,8 @@ def mining_lines(runs: list[tuple[str, int, Recipe]], twins: list[str]) -> list[
                            f"{m['rows']} rows)" for task, m in mining.items())
         lines.append(f"- {row}, seed {seed}: {counts or 'no mining summary'}")
     if twins:
-        lines += ["", "Rows whose model is bit-identical to an earlier row's (no set replaced, so the dynamic "
-                  "row trained exactly as its static twin):", "", *twins]
+        lines += ["", ("Rows whose model is bit-identical to an earlier row's (no set replaced, so the dynamic "
+                       "row trained exactly as its static twin):"), "", *twins]
     return lines
 
 
@@ -215,7 +215,7 @@ def plot_ablation(scores: dict[str, list[dict]], path: Path, title: str) -> None
 
     columns = [c for c in score_columns(next(iter(scores.values()))[0]) if not c.startswith("guard: ")]
     x, width = np.arange(len(columns)), 0.8 / len(scores)
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(columns)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(columns)), 5))
     for i, (row, runs) in enumerate(scores.items()):
         stats = [mean_std([100 * column_value(r, c) for r in runs]) for c in columns]
         ax.bar(x + (i - (len(scores) - 1) / 2) * width, [m for m, _ in stats], width, yerr=[s for _, s in stats],
@@ -225,7 +225,7 @@ def plot_ablation(scores: dict[str, list[dict]], path: Path, title: str) -> None
     ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(lows) + 3))
     ax.set_ylabel("score ×100")
     ax.set_title(title)
-    ax.legend(fontsize=8, ncol=len(scores))
+    ax.legend(fontsize=8, ncol=len(scores), loc="upper center", bbox_to_anchor=(0.5, -0.2))  # off the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
