@@ -3,21 +3,24 @@
 For one recipe with a `merge:` of the last stage and its base, at every seed: train the run (reused when
 done), merge the fine-tuned model with its base at each weight of `--weights` (the fine-tuned model's
 share), and score every merge, the base and the run's own merge on the **validation** split
-(`eval.split=valid`) at the recipe's dims. The chosen weight is the largest one at which, at every dim and
-every seed, no category is below the base (less `--category-tolerance` points) and no guard task more
-than 1 point below it. Then the chosen merge of each seed is scored once on the **test** split: mean ±
-std over seeds, against the base.
+(`eval.split=valid`) at the recipe's dims. The chosen weight is the largest one at which, at every dim,
+the mean over the grid seeds of no category is below the base (less `--category-tolerance` points) and
+of no guard task more than 1 point below it: one seed's clustering or classifier fit moves a category
+by more than the margins the rule asks about. Then the chosen merge of each seed is scored once on the
+**test** split: mean ± std over seeds, against the base.
 
-    python benchmarks/merge_tradeoff.py --recipe recipes/quickstart.yaml --seeds 3 \\
-        --weights 1,0.6,0.5,0.4,0.3 --category-tolerance 0.25 --output runs/merge-tradeoff
+    python benchmarks/merge_tradeoff.py --recipe recipes/quickstart.yaml --seeds 3 --grid-seeds 3 \\
+        --weights 1,0.5,0.4,0.3 --output runs/merge-tradeoff
 
-Prints the validation table (one row per weight, changes against the base), the test table and
-`RESULT merge_tradeoff chosen=<w> ...`. The grid runs on the first `--grid-seeds` seeds (default 1).
+Prints the validation table (one row per weight, mean over the grid seeds, changes against the base),
+the test table and `RESULT merge_tradeoff chosen=<w> ...`. The grid runs on the first `--grid-seeds`
+seeds (default 1).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,10 +37,22 @@ from conan_embed.assets import resolve_model  # noqa: E402
 from conan_embed.training.stage import stage_paths  # noqa: E402
 
 
-def acceptable(base: dict, model: dict, category_tolerance: float = 0.0) -> bool:
-    """Every category at least the base's (less `category_tolerance`), every guard task within 1 point."""
-    return all(value(model, c) >= value(base, c) - (TOLERANCE if c.startswith("guard: ") else category_tolerance)
+def acceptable(base: dict, models: dict | list[dict], category_tolerance: float = 0.0) -> bool:
+    """The mean over `models` (one result or several seeds' results) of every category at least the
+    base's (less `category_tolerance`), of every guard task within 1 point."""
+    models = models if isinstance(models, list) else [models]
+    return all(statistics.mean(value(m, c) for m in models)
+               >= value(base, c) - (TOLERANCE if c.startswith("guard: ") else category_tolerance)
                for c in columns_of(base) if c != "Avg")
+
+
+def mean_result(results: list[dict], columns: list[str]) -> dict:
+    """Seeds' results as one result of their means (what `value` reads), for the table."""
+    return {"avg": statistics.mean(value(r, "Avg") for r in results),
+            "categories": {c: statistics.mean(value(r, c) for r in results) for c in columns
+                           if c != "Avg" and not c.startswith("guard: ")},
+            "guard": {c[len("guard: "):]: statistics.mean(value(r, c) for r in results)
+                      for c in columns if c.startswith("guard: ")}}
 
 
 def merged_at(weight: float, finetuned: Path, base: Path, folder: Path) -> Path:
@@ -61,6 +76,7 @@ def main(argv=None) -> None:
         ("--weights", "the fine-tuned model's shares to try (default: %(default)s)",
          {"default": "1,0.7,0.6,0.5,0.4,0.3"}),
         ("--grid-seeds", "seeds the grid runs on (default: %(default)s)", {"type": int, "default": 1}),
+        ("--no-test", "choose on the validation split and stop: no test scores", {"action": "store_true"}),
         ("--category-tolerance", "points a category may fall below the base and still count as kept: the "
          "noise of a paired difference (default: %(default)s)", {"type": float, "default": 0.0})))
     tol = args.category_tolerance / 100
@@ -83,16 +99,18 @@ def main(argv=None) -> None:
         return evaluate_model(label, path, run, args.output / f"seed{seed}" / split, resume=True)
 
     valid_base = scores("base", base_path, seeds[0], "valid")
-    grid, rows = {}, []
+    grid = {}
     for seed in seeds[: args.grid_seeds]:
         r = runs[seed]
         for w in weights:
             print(f"[merge_tradeoff] seed {seed}: fine-tuned weight {w:g} on the validation split", flush=True)
             grid[(seed, w)] = scores(f"w{w:g}", merged_at(w, r["finetuned"], base_path, r["merged"].parent / "grid"),
                                      seed, "valid")
-        grid[(seed, "auto")] = scores("merged", r["merged"], seed, "valid")
-    ok = [w for w in weights if all(acceptable(valid_base[d], grid[(s, w)][d], tol)
-                                    for s in seeds[: args.grid_seeds] for d in valid_base)]
+        # the run's own merge: one of the grid's when the recipe gives its weights
+        grid[(seed, "auto")] = grid.get((seed, r["auto_weight"])) or scores("merged", r["merged"], seed, "valid")
+    grid_seeds = seeds[: args.grid_seeds]
+    ok = [w for w in weights if all(acceptable(valid_base[d], [grid[(s, w)][d] for s in grid_seeds], tol)
+                                    for d in valid_base)]
     chosen = max(ok) if ok else min(weights)
     dims = list(valid_base)
     columns = columns_of(valid_base[dims[0]])
@@ -101,13 +119,15 @@ def main(argv=None) -> None:
              f"--weights {args.weights} --grid-seeds {args.grid_seeds} --category-tolerance {args.category_tolerance:g}"
              + "".join(f" --set {s}" for s in args.set) + "`", ""]
     for d in dims:
-        lines += [f"## Validation split, dim {d or 'full'} (seed {seeds[0]}; change against the base)", "",
+        lines += [f"## Validation split, dim {d or 'full'} (mean over seeds {grid_seeds}; change against the base)", "",
                   "| fine-tuned weight | " + " | ".join(columns) + " | every category ≥ base | acceptable |",
                   "|---|" + "---|" * (len(columns) + 2),
                   "| base | " + " | ".join(f"{100 * value(valid_base[d], c):.2f}" for c in columns) + " | | |"]
-        for w in [*weights, "auto"]:
-            result = grid[(seeds[0], w)][d]
-            label = f"{w:g}" if w != "auto" else f"few-shot ({runs[seeds[0]]['auto_weight']:.3f})"
+        given = all(runs[s]["auto_weight"] in weights for s in grid_seeds)  # the recipe's merge is in the grid
+        for w in weights + ([] if given else ["auto"]):
+            result = mean_result([grid[(s, w)][d] for s in grid_seeds], columns)
+            auto = ", ".join(f"{runs[s]['auto_weight']:.3f}" for s in grid_seeds)
+            label = f"{w:g}" if w != "auto" else f"few-shot ({auto})"
             lines.append(delta_row(label, valid_base[d], result, columns)
                          + f" {'yes' if acceptable(valid_base[d], result) else 'no'} |"
                          + f" {'yes' if acceptable(valid_base[d], result, tol) else 'no'} |")
@@ -116,9 +136,26 @@ def main(argv=None) -> None:
               f"guard task within 1 point. Chosen: fine-tuned weight **{chosen:g}** (the largest acceptable at "
               "every dim" + ("" if ok else "; none was, so the smallest tried") + ").", ""]
 
+    results = {"recipe": args.recipe, "overrides": args.set, "seeds": seeds, "weights": weights, "chosen": chosen,
+               "valid": {"base": valid_base, "grid": {f"{s}:{w}": v for (s, w), v in grid.items()}}}
+    if args.no_test:
+        lines.append(f"RESULT merge_tradeoff chosen={chosen:g} acceptable={','.join(f'{w:g}' for w in ok) or 'none'}"
+                     " (validation only)")
+    else:
+        lines += test_section(scores, chosen, runs, base_path, seeds, dims, columns, tol, results)
+    write_text_atomic(args.output / "report.md", "\n".join(lines))
+    write_json(args.output / "results.json", results)
+    print("\n".join(lines))
+
+
+def test_section(scores, chosen: float, runs: dict, base_path: Path, seeds: list[int], dims: list, columns: list[str],
+                 tol: float, results: dict) -> list[str]:
+    """The chosen merge of each seed scored once on the test split (mean ± std over seeds); adds them to
+    `results`."""
     test_base = scores("base", base_path, seeds[0], "test")
     tests = {s: scores(f"w{chosen:g}", merged_at(chosen, runs[s]["finetuned"], base_path, runs[s]["merged"].parent
                                                  / "grid"), s, "test") for s in seeds}
+    lines = []
     for d in dims:
         lines += [f"## Test split, dim {d or 'full'}: fine-tuned weight {chosen:g}, seeds {seeds}", "",
                   "| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
@@ -135,13 +172,8 @@ def main(argv=None) -> None:
                  + ",".join(f"{runs[s]['auto_weight']:.3f}" for s in seeds)
                  + f" test_strict={passed}/{len(seeds) * len(dims)} test_acceptable={kept}/{len(seeds) * len(dims)}"
                  " (seed x dim)")
-    write_text_atomic(args.output / "report.md", "\n".join(lines))
-    write_json(args.output / "results.json", {
-        "recipe": args.recipe, "overrides": args.set, "seeds": seeds, "weights": weights, "chosen": chosen,
-        "valid": {"base": valid_base, "grid": {f"{s}:{w}": v for (s, w), v in grid.items()}},
-        "test": {"base": test_base, "chosen": {str(s): v for s, v in tests.items()}}})
-    print("\n".join(lines))
-
+    results["test"] = {"base": test_base, "chosen": {str(s): v for s, v in tests.items()}}
+    return lines
 
 if __name__ == "__main__":
     main()

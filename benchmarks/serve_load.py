@@ -173,6 +173,9 @@ class ServerProcess:
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self._spawn(cmd, log, env)
+
+    def _spawn(self, cmd: list[str], log: Path, env: dict) -> None:
         self.cmd, self.log = cmd, log
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)

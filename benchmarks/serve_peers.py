@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,11 +54,8 @@ class Server(ServerProcess):
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path, path: str, health: str, extra: dict):
         self.name, self.url, self.path, self.health, self.extra = name, f"http://127.0.0.1:{port}", path, health, extra
-        self.cmd, self.log = cmd, log
-        self._log = open(log, "wb")
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-                   INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._spawn(cmd, log, dict(os.environ, TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+                                   INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1"))
 
     def wait_ready(self, timeout: float = 600) -> bool:
         import httpx

@@ -72,3 +72,11 @@ def test_encode_streams_large_files_in_chunks(tiny_model, tmp_path):
     with pytest.raises(Exception, match="no prompt"):
         encode_file(str(tiny_model), tmp_path / "t.txt", tmp_path / "f.npy", prompt_name="nope", chunk_size=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "t.txt"]
+
+
+def test_export_arch_choices_are_the_backends():
+    from conan_embed.backends import ARCHS
+    from conan_embed.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    assert next(a for a in export._actions if a.dest == "arch").choices == ARCHS

@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=("onnx",))
     p.add_argument("--quantize", default="none", choices=("none", "int8"),
                    help="int8: dynamic quantisation of the weights (default: %(default)s)")
+    # backends.ARCHS, spelled out: importing backends (torch) would slow every command's start
     p.add_argument("--arch", default="avx2", choices=("arm64", "avx2", "avx512", "avx512_vnni"),
                    help="int8: the CPU family the file is for (default: %(default)s)")
     p.add_argument("--no-check", action="store_true",

@@ -211,6 +211,21 @@ def test_sample_is_stratified_and_seeded(tmp_path, shipped_pairs):
     assert read_rows(tmp_path / "again" / "kept") == kept and again["table"] == stats["table"]
 
 
+def test_sample_with_equal_shares_lifts_the_small_sources(tmp_path, shipped_pairs):
+    from collections import Counter
+
+    write_jsonl(tmp_path / "raw.jsonl", shipped_pairs)
+    have = Counter(p["source"] for p in shipped_pairs)
+    size = 4 * min(have.values())  # more than the smallest source has for its equal share
+    curate([tmp_path / "raw.jsonl"], tmp_path / "out", config({"sample": {"size": size, "shares": "equal"}}))
+    got = Counter(r["source"] for r in read_rows(tmp_path / "out" / "kept"))
+    assert sum(got.values()) == size and len(have) >= 2
+    smallest = min(have, key=have.get)
+    assert have[smallest] - 2 <= got[smallest] <= have[smallest]  # all of it (near-duplicates go first)
+    others = [got[s] for s in have if s != smallest]
+    assert max(others) - min(others) <= 1
+
+
 def test_teacher_scores_every_kept_row(tmp_path, shipped_pairs, tiny_teacher):
     write_jsonl(tmp_path / "raw.jsonl", shipped_pairs[:100])
     cfg = curate_config_from_dict({"executor": {"workers": 1}, "stages": {"teacher": {

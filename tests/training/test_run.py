@@ -84,5 +84,5 @@ def test_data_of_an_older_builder_is_refused(recipe_dict, tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({"builder_version": 1}))
     recipe_dict["data"] = {"dir": str(tmp_path / "old"), "build": True}
-    with pytest.raises(InputError, match=r"manifest.json: built by builder version 1.*guard articles.*delete"):
+    with pytest.raises(InputError, match=r"manifest.json: built by builder version 1.*evaluation articles changed.*delete"):
         prepare_data(recipe_from_dict(recipe_dict))

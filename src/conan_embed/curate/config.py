@@ -119,6 +119,9 @@ class SampleConfig:
     size: int | None = None  # None: keep all
     by: str | None = "source"
     seed: int = 42
+    # "proportional": each group in proportion to its rows; "equal": the same count per group, as far as
+    # each group has rows (a small general-domain source is not drowned by a large in-domain one)
+    shares: Literal["proportional", "equal"] = "proportional"
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conan_embed.curate.config import CurateConfig, TeacherConfig
+from conan_embed.curate.config import CurateConfig, StagesConfig
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.executors import make_executor
 from conan_embed.curate.io import Shard, plan_shards, read_shard
@@ -62,9 +62,9 @@ def build_row_stages(cfg: CurateConfig) -> list:
     return [stage for stage in built if stage is not None]
 
 
-# teacher settings added after curations were first written: left out of the settings (and so of the
+# stage settings added after curations were first written: left out of the settings (and so of the
 # hash) while at their default, so an earlier curation, which ran exactly that, stays complete
-_LATER_TEACHER_KEYS = ("backend", "onnx_file")
+_LATER_KEYS = {"teacher": ("backend", "onnx_file"), "sample": ("shares",)}
 
 
 def _settings(cfg: CurateConfig) -> dict:
@@ -72,10 +72,11 @@ def _settings(cfg: CurateConfig) -> dict:
     data = dataclasses.asdict(cfg)
     data.pop("executor")
     data.pop("source")
-    teacher, defaults = data["stages"]["teacher"], TeacherConfig()
-    for key in _LATER_TEACHER_KEYS:
-        if teacher.get(key) == getattr(defaults, key):
-            teacher.pop(key)
+    for stage, keys in _LATER_KEYS.items():
+        settings, defaults = data["stages"][stage], getattr(StagesConfig(), stage)
+        for key in keys:
+            if settings.get(key) == getattr(defaults, key):
+                settings.pop(key)
     return data
 
 
@@ -247,7 +248,8 @@ class Curation:
         groups: dict[str, list[Record]] = {}
         for r in live:
             groups.setdefault(str(r.row.get(cfg.by)) if cfg.by else "", []).append(r)
-        take = _apportion({g: len(members) for g, members in groups.items()}, quota)
+        sizes = {g: len(members) for g, members in groups.items()}
+        take = _equal_shares(sizes, quota) if cfg.shares == "equal" else _apportion(sizes, quota)
         for g in sorted(groups):
             members = groups[g]
             chosen = set(rng.choice(len(members), size=take[g], replace=False).tolist())
@@ -406,6 +408,21 @@ def _apportion(sizes: dict, total: int) -> dict:
     for k in sorted(exact, key=lambda k: (-(exact[k] - share[k]), k))[:total - sum(share.values())]:
         share[k] += 1
     return share
+
+
+def _equal_shares(sizes: dict, total: int) -> dict:
+    """`total` split evenly over the keys, none above its size: what a small key cannot take goes to
+    the others (smallest keys first, so the rounding remainder lands on the largest).
+
+    >>> _equal_shares({"a": 10, "b": 100, "c": 100}, 101)
+    {'a': 10, 'b': 45, 'c': 46}
+    """
+    share, left = {}, min(total, sum(sizes.values()))
+    order = sorted(sizes, key=lambda k: (sizes[k], k))
+    for i, k in enumerate(order):
+        share[k] = min(sizes[k], left // (len(order) - i))
+        left -= share[k]
+    return {k: share[k] for k in sizes}
 
 
 def _quantiles(x: np.ndarray) -> dict:

@@ -23,7 +23,9 @@ from conan_embed.data.records import write_records
 from conan_embed.files import write_json
 from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
 
-BUILDER_VERSION = 3  # 2: the guard articles are held out of the weak pairs; 3: and the validation split
+# 2: the guard articles are held out of the weak pairs; 3: and the validation split's; 4: that split holds
+# 15 % of the news articles instead of 5 % (docs/forgetting.md)
+BUILDER_VERSION = 4
 FILES = {
     "weak_pairs": "pretrain/weak_pairs.jsonl",
     "retrieval": "finetune/retrieval.jsonl",

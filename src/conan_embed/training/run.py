@@ -46,8 +46,8 @@ def prepare_data(recipe: Recipe) -> dict | None:
         version = json.loads(manifest.read_text()).get("builder_version")
         if recipe.data.build and version != BUILDER_VERSION:
             raise InputError(f"built by builder version {version}, this conan-embed writes version "
-                             f"{BUILDER_VERSION} (2: the guard articles are held out of the weak pairs, "
-                             f"docs/forgetting.md); delete {folder} to rebuild it",
+                             f"{BUILDER_VERSION} (the held-out evaluation articles changed, docs/forgetting.md); "
+                             f"delete {folder} to rebuild it",
                              path=manifest)
         return None
     if not recipe.data.build:
@@ -139,8 +139,11 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
     from conan_embed.modeling import load_embedder
 
     cfg = recipe.eval
+    from conan_embed.data.builders import BUILDER_VERSION
+
+    # the builder version names the evaluation sets too: a split that changed is scored again
     stamp = {"model": str(model_path), "files": _model_stamp(model_path), "suite": cfg.suite, "size": cfg.size,
-             "split": cfg.split,
+             "split": cfg.split, "sets": BUILDER_VERSION,
              "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks,
              "guard": cfg.tasks is None}
     results, model, cache = {}, None, {}

@@ -1,0 +1,38 @@
+"""The merge-weight rule of benchmarks/merge_tradeoff.py (docs/forgetting.md): the mean over seeds."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from merge_tradeoff import acceptable, mean_result  # noqa: E402
+
+from conan_embed.evaluation.forgetting import column_value, score_columns  # noqa: E402
+
+
+def result(retrieval: float, classification: float, guard: float) -> dict:
+    return {"avg": (retrieval + classification) / 2,
+            "categories": {"Retrieval": retrieval, "Classification": classification},
+            "guard": {"PeoplesDailyTitleRetrieval": {"main_score": guard}}}
+
+
+BASE = result(0.50, 0.80, 0.80)
+
+
+def test_one_seed_below_the_base_passes_when_the_mean_is_not():
+    seeds = [result(0.55, 0.798, 0.80), result(0.55, 0.804, 0.80)]  # Classification mean 0.801
+    assert not acceptable(BASE, seeds[0])
+    assert acceptable(BASE, seeds)
+
+
+def test_guard_tasks_may_fall_one_point_categories_none():
+    assert acceptable(BASE, result(0.55, 0.80, 0.7905))
+    assert not acceptable(BASE, result(0.55, 0.80, 0.7895))
+    assert not acceptable(BASE, result(0.55, 0.7999, 0.80))
+    assert acceptable(BASE, result(0.55, 0.798, 0.80), category_tolerance=0.0025)
+
+
+def test_mean_result_reads_like_a_result():
+    seeds = [result(0.50, 0.80, 0.70), result(0.60, 0.82, 0.80)]
+    mean = mean_result(seeds, score_columns(BASE))
+    assert [round(column_value(mean, c), 6) for c in score_columns(BASE)] == [0.55, 0.81, 0.68, 0.75]
