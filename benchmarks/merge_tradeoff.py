@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     lines = [f"# Merge weight vs forgetting: `{args.recipe}`", "",
              f"Command: `python benchmarks/merge_tradeoff.py --recipe {args.recipe} --seeds {len(seeds)} "
              f"--weights {args.weights} --grid-seeds {args.grid_seeds} --category-tolerance {args.category_tolerance:g}"
-             + "".join(f" --set {s}" for s in args.set) + "`", ""]
+             + " --no-test" * args.no_test + "".join(f" --set {s}" for s in args.set) + "`", ""]
     for d in dims:
         lines += [f"## Validation split, dim {d or 'full'} (mean over seeds {grid_seeds}; change against the base)", "",
                   "| fine-tuned weight | " + " | ".join(columns) + " | every category ≥ base | acceptable |",
