@@ -40,9 +40,8 @@ from conan_embed.training.stage import stage_paths  # noqa: E402
 def acceptable(base: dict, models: dict | list[dict], category_tolerance: float = 0.0) -> bool:
     """The mean over `models` (one result or several seeds' results) of every category at least the
     base's (less `category_tolerance`), of every guard task within 1 point."""
-    models = models if isinstance(models, list) else [models]
-    return all(statistics.mean(value(m, c) for m in models)
-               >= value(base, c) - (TOLERANCE if c.startswith("guard: ") else category_tolerance)
+    model = mean_result(models, columns_of(base)) if isinstance(models, list) else models
+    return all(value(model, c) >= value(base, c) - (TOLERANCE if c.startswith("guard: ") else category_tolerance)
                for c in columns_of(base) if c != "Avg")
 
 
@@ -124,9 +123,9 @@ def main(argv=None) -> None:
                   "|---|" + "---|" * (len(columns) + 2),
                   "| base | " + " | ".join(f"{100 * value(valid_base[d], c):.2f}" for c in columns) + " | | |"]
         given = all(runs[s]["auto_weight"] in weights for s in grid_seeds)  # the recipe's merge is in the grid
+        auto = ", ".join(f"{runs[s]['auto_weight']:.3f}" for s in grid_seeds)
         for w in weights + ([] if given else ["auto"]):
             result = mean_result([grid[(s, w)][d] for s in grid_seeds], columns)
-            auto = ", ".join(f"{runs[s]['auto_weight']:.3f}" for s in grid_seeds)
             label = f"{w:g}" if w != "auto" else f"few-shot ({auto})"
             lines.append(delta_row(label, valid_base[d], result, columns)
                          + f" {'yes' if acceptable(valid_base[d], result) else 'no'} |"

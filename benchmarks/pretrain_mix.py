@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     print("|---|" + "---|" * (len(columns) * len(DIMS)))
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{100 * r[d][c]:.2f}" for d in DIMS for c in columns) + " |")
-    guard = columns[1]
+    guard = "PeoplesDailyTitleRetrieval"
     print("RESULT pretrain_mix " + " ".join(f"{n}={100 * (r[None][guard] - results['base'][None][guard]):+.2f}"
                                             for n, r in results.items() if n != "base"))
 
