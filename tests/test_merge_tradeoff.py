@@ -1,11 +1,12 @@
-"""The merge-weight rule of benchmarks/merge_tradeoff.py (docs/forgetting.md): the mean over seeds."""
+"""The merge-weight rule of benchmarks/merge_tradeoff.py (docs/forgetting.md): the mean over seeds, and
+by how much a weight misses it."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from merge_tradeoff import acceptable, mean_result  # noqa: E402
+from merge_tradeoff import acceptable, mean_result, shortfall  # noqa: E402
 
 from conan_embed.evaluation.forgetting import column_value, score_columns  # noqa: E402
 
@@ -36,3 +37,10 @@ def test_mean_result_reads_like_a_result():
     seeds = [result(0.50, 0.80, 0.70), result(0.60, 0.82, 0.80)]
     mean = mean_result(seeds, score_columns(BASE))
     assert [round(column_value(mean, c), 6) for c in score_columns(BASE)] == [0.55, 0.81, 0.68, 0.75]
+
+
+def test_shortfall_is_the_worst_rows_miss():
+    assert shortfall(BASE, result(0.55, 0.80, 0.80)) == 0
+    assert round(shortfall(BASE, result(0.55, 0.797, 0.785)), 6) == 0.005  # the guard: 1.5 points, 1 allowed
+    assert round(shortfall(BASE, result(0.49, 0.797, 0.80)), 6) == 0.01  # Retrieval 1 point below
+    assert round(shortfall(BASE, result(0.55, 0.797, 0.80), category_tolerance=0.001), 6) == 0.002

@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "valid"),
                    help="valid: the same tasks on validation data, to choose a recipe without looking at test "
                         "(default: %(default)s)")
-    p.add_argument("--tasks", help="comma-separated task names or categories (default: all)")
+    p.add_argument("--tasks", help="comma-separated task names or categories, 'guard' for the general-domain "
+                        "guard tasks (default: all, with the guard tasks)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="cmteb: one folder per dataset repo, named like the repo id (DIR/C-MTEB/OCNLI, "
                         "DIR/mteb/T2Retrieval); datasets not there come from the Hugging Face cache or the hub")

@@ -222,3 +222,26 @@ def test_every_matryoshka_dim_in_one_encoding_pass(tiny_model_dir, tmp_path, cap
             parse_dims(bad, model)
     assert main(["eval", str(tiny_model_dir), "--dims", "all", "--dim", "16"]) == 2
     assert "leave out --dim and --baseline" in capsys.readouterr().err
+
+
+def test_guard_tasks_alone_as_a_quick_forgetting_check(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import conan_embed.evaluation as evaluation
+    from conan_embed.cli import main
+
+    suite = evaluation.run_suite
+    monkeypatch.setattr(evaluation, "run_suite", lambda model, **kw: suite(model, **{**kw, "size": "tiny"}))
+    out = tmp_path / "base"
+    assert main(["eval", str(tiny_model_dir), "--tasks", "guard", "--output", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["tasks"] == {} and result["avg"] is None and result["categories"] == {}
+    assert list(result["guard"]) == ["PeoplesDailyTitleRetrieval", "PeoplesDailySentenceRetrieval"]
+    assert "Avg (0 datasets): n/a" in (out / "eval.txt").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(tiny_model_dir), "--tasks", "sts,PeoplesDailyTitleRetrieval",
+                 "--output", str(tmp_path / "again"), "--baseline", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "forgetting check against" in printed and printed.rstrip().endswith("none")
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())
+    assert list(again["tasks"]) == ["InsuranceQASTS"] and list(again["guard"]) == ["PeoplesDailyTitleRetrieval"]
+    assert again["guard"]["PeoplesDailyTitleRetrieval"]["main_score"] == pytest.approx(
+        result["guard"]["PeoplesDailyTitleRetrieval"]["main_score"])

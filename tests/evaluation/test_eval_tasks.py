@@ -165,6 +165,23 @@ def test_task_names_and_aliases():
         resolve_tasks(["nope"])
 
 
+def test_guard_tasks_selected_by_name():
+    from conan_embed.evaluation.suite import GUARD_TASK_NAMES, TASK_CATEGORY, select_tasks
+    from conan_embed.evaluation.tasks import GUARD_TASKS
+
+    guards = list(GUARD_TASK_NAMES)
+    assert tuple(GUARD_TASKS) == GUARD_TASK_NAMES
+    assert select_tasks(None) == (list(TASK_CATEGORY), guards) and select_tasks(None, guard=False)[1] == []
+    assert select_tasks("guard") == ([], guards) and select_tasks("sts") == (["InsuranceQASTS"], [])
+    assert select_tasks("sts, peoplesdaily_titleretrieval") == (["InsuranceQASTS"], ["PeoplesDailyTitleRetrieval"])
+    assert select_tasks("sts", guard=True) == (["InsuranceQASTS"], guards)
+    for bad in (",", "guard"):
+        with pytest.raises(InputError, match="no task selected"):
+            select_tasks(bad, guard=False)
+    with pytest.raises(InputError, match="'guard'"):
+        select_tasks("sts,gaurd")
+
+
 def test_suite_prompts():
     from conan_embed.evaluation.encoder import suite_prompts
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 
-def stub_encoder(texts, field):
+def stub_encoder(texts, field, task=None):
     """Deterministic text -> vector (same in every process), standing in for the model."""
     import torch
 

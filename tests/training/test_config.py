@@ -55,6 +55,8 @@ def test_dhnm_demo_recipes_load():
      "stages.finetune.tasks.retrieval.bach_size"),
     (lambda d: d.update(evals={}), "evals"),
     (lambda d: d["model"].update(max_length={"query": 8, "doc": 8}), "model.max_length.doc"),
+    (lambda d: d["stages"]["finetune"]["tasks"]["sts"].update(max_length={"doc": 8}),
+     "stages.finetune.tasks.sts.max_length.doc"),
 ])
 def test_unknown_key_is_named(recipe_dict, edit, key):
     edit(recipe_dict)
@@ -70,6 +72,8 @@ def test_unknown_key_is_named(recipe_dict, edit, key):
     (lambda d: d["model"].update(matryoshka_dims=[16, "32"]), "model.matryoshka_dims[1]", "an integer"),
     (lambda d: d["stages"]["pretrain"].update(tasks=[]), "stages.pretrain.tasks", "a mapping"),
     (lambda d: d["stages"]["pretrain"].update(max_steps=0), "stages.pretrain.max_steps", "> 0"),
+    (lambda d: d["stages"]["finetune"]["tasks"]["retrieval"].update(max_length={"passage": 0}),
+     "stages.finetune.tasks.retrieval.max_length.passage", "> 0"),
     (lambda d: d["stages"]["pretrain"]["checkpoint"].update(keep=1), "stages.pretrain.checkpoint.keep", ">= 2"),
     (lambda d: d["stages"]["finetune"]["tasks"]["sts"]["loss"].update(name="infonce"),
      "stages.finetune.tasks.sts.loss.name", "cosent"),

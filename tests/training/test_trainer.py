@@ -71,27 +71,32 @@ def test_interrupted_run_resumes_to_the_same_weights(recipe_dict, tmp_path, grad
     assert [r["step"] for r in log] == list(range(1, 9))
 
 
+class Widths(TrainerCallback):
+    """(prompt, token width) of every training call to the model's tokenizer."""
+
+    def __init__(self):
+        self.widths = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        preprocess = model.preprocess
+
+        def spy(texts, prompt=None, **kw):
+            out = preprocess(texts, prompt=prompt, **kw)
+            if "max_length" in kw:  # training calls (checkpoint saves also encode model-card examples)
+                self.widths.append((prompt, out["input_ids"].shape[1]))
+            return out
+        model.preprocess = spy
+
+
 def test_records_reach_callbacks_every_step(recipe_dict, tmp_path):
+    recipe_dict["stages"]["finetune"]["tasks"]["retrieval"]["max_length"] = {"passage": 32}
     recipe = recipe_from_dict(_single_stage(recipe_dict, grad_accum=2, max_steps=4))
-    seen = Collect()
-
-    class Widths(TrainerCallback):  # token widths per call: the per-field caps (query 24, passage 48) hold
-        widths = []
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            preprocess = model.preprocess
-
-            def spy(texts, prompt=None, **kw):
-                out = preprocess(texts, prompt=prompt, **kw)
-                if "max_length" in kw:  # training calls (checkpoint saves also encode model-card examples)
-                    self.widths.append((prompt, out["input_ids"].shape[1]))
-                return out
-            model.preprocess = spy
-
-    train_stage(recipe, "finetune", show_progress=False, callbacks=[seen, Widths()])
-    assert {p for p, _ in Widths.widths} == {"query: ", "passage: "}
-    assert max(w for p, w in Widths.widths if p == "query: ") <= 24
-    assert max(w for p, w in Widths.widths if p == "passage: ") == 48  # answers are longer than the cap
+    seen, spy = Collect(), Widths()
+    train_stage(recipe, "finetune", show_progress=False, callbacks=[seen, spy])
+    # the per-field caps hold: query 24, passage 48 for the stage and 32 for the retrieval task
+    assert {p for p, _ in spy.widths} == {"query: ", "passage: "}
+    assert max(w for p, w in spy.widths if p == "query: ") <= 24
+    assert max(w for p, w in spy.widths if p == "passage: ") == 32  # answers are longer than the task's cap
     assert [s for s, _ in seen.steps] == [1, 2, 3, 4]
     for _, records in seen.steps:
         assert len(records) == 2 and len({r.task for r in records}) == 1  # GA micro-batches, one task
@@ -151,3 +156,4 @@ def test_activation_checkpointing_trains_the_same_step(recipe_dict, tmp_path):
         results.append(_weights(recipe_from_dict(d)))
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
+

@@ -23,9 +23,10 @@ from conan_embed.evaluation.suite import (  # noqa: E402
     format_table,
     resolve_tasks,
     run_suite,
+    select_tasks,
 )
 
 __all__ = [
     "CATEGORIES", "SIZES", "TASK_CATEGORY", "SuiteSize", "format_cmteb_table", "format_table", "get_size",
-    "resolve_tasks", "run_cmteb", "run_suite",
+    "resolve_tasks", "run_cmteb", "run_suite", "select_tasks",
 ]

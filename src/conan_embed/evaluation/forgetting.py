@@ -41,10 +41,11 @@ def comparable_scores(result: dict) -> dict[str, float]:
 
 
 def score_columns(result: dict) -> list[str]:
-    """A result's table columns: the categories in C-MTEB order, the weighted "Avg", then the guard tasks."""
+    """A result's table columns: the categories in C-MTEB order, the weighted "Avg" (when any category
+    was scored), then the guard tasks."""
     from conan_embed.evaluation.suite import CATEGORIES
 
-    return ([c for c in CATEGORIES if c in result["categories"]] + ["Avg"]
+    return ([c for c in CATEGORIES if c in result["categories"]] + ["Avg"] * (result.get("avg") is not None)
             + [c for c in comparable_scores(result) if c.startswith("guard: ")])
 
 

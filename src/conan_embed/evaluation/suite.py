@@ -33,6 +33,8 @@ TASK_CATEGORY = {
     "SnowNLPSentimentClassification": "Classification",
     "InsuranceQAClustering": "Clustering",
 }
+# general-domain guard tasks (evaluation.tasks.GUARD_TASKS builds them): scored apart from the Avg
+GUARD_TASK_NAMES = ("PeoplesDailyTitleRetrieval", "PeoplesDailySentenceRetrieval")
 METRIC_LABELS = {
     "ndcg_at_10": "nDCG@10", "map_at_1000": "MAP", "cosine_spearman": "Spearman",
     "max_accuracy": "max acc", "max_ap": "AP", "accuracy": "accuracy", "v_measure": "V-measure",
@@ -69,11 +71,29 @@ def resolve_tasks(tasks) -> list[str]:
         if found is None:
             raise InputError(
                 f"unknown task {t!r}; expected one of {list(TASK_CATEGORY)} or a category "
-                f"{list(CATEGORIES)}", field="tasks")
+                f"{list(CATEGORIES)} (or 'guard': {', '.join(GUARD_TASK_NAMES)})", field="tasks")
         chosen.update(found)
     if not chosen:
         raise InputError("no task selected", field="tasks")
     return [n for n in TASK_CATEGORY if n in chosen]
+
+
+def select_tasks(tasks, guard: bool | None = None) -> tuple[list[str], list[str]]:
+    """(suite tasks, guard tasks) to run. `tasks` as in `resolve_tasks`, where "guard" (both guard
+    tasks) and a guard task's name may stand too; None = the whole suite. `guard`: True adds both guard
+    tasks, False runs none, None = both with the whole suite, else those `tasks` names."""
+    if tasks is None:
+        return resolve_tasks(None), list(GUARD_TASK_NAMES) if guard is not False else []
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    tasks = [str(t).strip() for t in tasks if str(t).strip()]
+    guard_keys = {_key(n): [n] for n in GUARD_TASK_NAMES} | {"guard": list(GUARD_TASK_NAMES)}
+    named = {n for t in tasks for n in guard_keys.get(_key(t), [])}
+    rest = [t for t in tasks if _key(t) not in guard_keys]
+    guards = list(GUARD_TASK_NAMES) if guard else [] if guard is False else [n for n in GUARD_TASK_NAMES if n in named]
+    if not rest and not guards:
+        raise InputError("no task selected", field="tasks")
+    return (resolve_tasks(rest) if rest else []), guards
 
 
 def _load_model(model):
@@ -177,7 +197,9 @@ def run_suite(
     size: "quick" (< 5 min on 2 CPU cores for e5-small), "full" or "tiny" (tests); see SIZES.
     dim: truncate embeddings to this many dimensions (Matryoshka), then L2-normalise.
     output_dir: where eval.json (and mteb's own per-task result files, under mteb/) go.
-    tasks: task names or categories (list or comma-separated string); None = all six.
+    tasks: task names or categories (list or comma-separated string); None = all six. "guard" (or a
+        guard task's name) selects the guard tasks, alone or with others: `tasks="guard"` is a quick
+        forgetting check.
     symmetric_prompt: name of the model prompt put before every text of the symmetric tasks
         (STS, pair classification, classification, clustering): e5's convention is "query".
         None = no prompt there (what mteb does by default). Prompts keyed by a task type or task
@@ -188,7 +210,7 @@ def run_suite(
         that every text is encoded once; None = a fresh cache for this call.
     guard: also run the general-domain guard tasks (People's Daily articles held out of every training
         file: docs/forgetting.md); their scores go to `guard`, never into the categories or the Avg.
-        None = with the whole suite (tasks=None) only.
+        None = with the whole suite (tasks=None), or those named in `tasks`.
     split: "test", or "valid": the same tasks on held-out validation data, for choosing recipes,
         steps and merge weights without looking at test (conan_embed.data.splits).
     Returns the eval.json content.
@@ -196,7 +218,7 @@ def run_suite(
     start = time.perf_counter()
     size = get_size(size)
     split = check_split(split)
-    names = resolve_tasks(tasks)
+    names, guards = select_tasks(tasks, guard)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size")
     if precision not in PRECISIONS:
@@ -211,8 +233,6 @@ def run_suite(
     from conan_embed.evaluation.data import build_suite_data
     from conan_embed.evaluation.encoder import SuiteEncoder
     from conan_embed.evaluation.tasks import GUARD_TASKS, TASK_NAMES, build_task
-
-    guards = list(GUARD_TASKS) if (tasks is None if guard is None else guard) else []
 
     _log(show_progress, f"conan-embed eval: {model_name} | {split} split, size {size.name} | dim {dim or out_dim} | "
                         f"tasks {', '.join(names + guards)}")
@@ -297,8 +317,9 @@ def run_suite(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(output_dir / "eval.json", result)
         (output_dir / "eval.txt").write_text(format_table(result) + "\n")
-    _log(show_progress, f"done in {result['seconds']:.0f}s: Avg {100 * result['avg']:.2f} over "
-                        f"{result['n_datasets']} datasets"
+    _log(show_progress, f"done in {result['seconds']:.0f}s: "
+                        + (f"Avg {100 * result['avg']:.2f} over {result['n_datasets']} datasets"
+                           if result["avg"] is not None else "guard tasks only")
                         + (f"; wrote {output_dir / 'eval.json'}" if output_dir is not None else ""))
     return result
 

@@ -104,10 +104,11 @@ class DynamicHardNegativeMiner(StepRecordCallback):
     # -- wiring ------------------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
         """Measure new sets with the trainer's own encoder (its prompts, caps and autocast)."""
-        self.attach_encoder(lambda texts, field: trainer.embed(trainer.model, texts, field))
+        self.attach_encoder(lambda texts, field, task: trainer.embed(trainer.model, texts, field, task))
 
     def attach_encoder(self, encode) -> None:
-        """`encode(texts, field) -> [len(texts), D] tensor`, field "query" or "passage"."""
+        """`encode(texts, field, task) -> [len(texts), D] tensor`, field "query" or "passage", task the
+        TrainingTask the texts come from (its length caps)."""
         self._encode = encode
 
     def lookup(self, task: str, rows) -> np.ndarray | None:
@@ -195,8 +196,8 @@ class DynamicHardNegativeMiner(StepRecordCallback):
             for at in range(0, len(mine), batch):
                 chunk = mine[at: at + batch]
                 ids = st.current[chunk]
-                q = F.normalize(self._encode([t.rows[r]["query"] for r in chunk], "query").float(), dim=-1)
-                d = self._encode([t.corpus_texts[j] for j in ids.ravel()], "passage").float()
+                q = F.normalize(self._encode([t.rows[r]["query"] for r in chunk], "query", t).float(), dim=-1)
+                d = self._encode([t.corpus_texts[j] for j in ids.ravel()], "passage", t).float()
                 d = F.normalize(d, dim=-1).reshape(len(chunk), ids.shape[1], -1)
                 scores[at: at + len(chunk)] = torch.einsum("bd,bkd->bk", q, d).mean(1).cpu().numpy()
         return unshard(gather_objects(scores), np.zeros(len(rows), dtype=np.float32))

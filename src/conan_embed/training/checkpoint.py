@@ -71,7 +71,7 @@ def _added_settings() -> dict:
     fingerprint without such a key was trained that way, so resuming it is no change."""
     from conan_embed.training.config import MiningConfig
 
-    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig())}
+    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig()), "max_length": {}}
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

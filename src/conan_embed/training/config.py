@@ -50,6 +50,7 @@ class TaskConfig:
     max_rows: int | None = None  # train on a fixed random sample of this many rows (None: all)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    max_length: dict[str, int] = field(default_factory=dict)  # overrides the stage's caps for this task's texts
 
 
 @dataclass
@@ -198,10 +199,11 @@ def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
 
 
 def _check_text_fields(lengths: dict, key: str, source) -> None:
-    for name in lengths:
+    for name, cap in lengths.items():
         if name not in TEXT_FIELDS:
             raise InputError(f"unknown key '{key}.{name}'; known: {', '.join(TEXT_FIELDS)}", path=source,
                              field=f"{key}.{name}")
+        _positive(cap, f"{key}.{name}", source)
 
 
 def _validate(recipe: Recipe) -> None:
@@ -211,10 +213,10 @@ def _validate(recipe: Recipe) -> None:
     _check_text_fields(recipe.model.max_length, "model.max_length", src)
     if recipe.eval.tasks is not None:
         from conan_embed.evaluation.cmteb_tasks import plan_tasks
-        from conan_embed.evaluation.suite import resolve_tasks
+        from conan_embed.evaluation.suite import select_tasks
 
         try:
-            (plan_tasks if recipe.eval.suite == "cmteb" else resolve_tasks)(recipe.eval.tasks)
+            (plan_tasks if recipe.eval.suite == "cmteb" else select_tasks)(recipe.eval.tasks)
         except InputError as exc:
             raise InputError(str(exc), path=src, field="eval.tasks") from None
     if recipe.mine is not None:
@@ -260,6 +262,7 @@ def _validate(recipe: Recipe) -> None:
         for tname, task in stage.tasks.items():
             t = f"{p}.tasks.{tname}"
             _positive(task.batch_size, f"{t}.batch_size", src)
+            _check_text_fields(task.max_length, f"{t}.max_length", src)
             if task.max_rows is not None:
                 _positive(task.max_rows, f"{t}.max_rows", src)
             _positive(task.negatives.count, f"{t}.negatives.count", src)

@@ -136,9 +136,11 @@ class ConanTrainer(SentenceTransformerTrainer):
         self._train_dataloader = self.accelerator.prepare(loader)
         return self._train_dataloader
 
-    def embed(self, model, texts: list[str], field: str) -> Tensor:
-        features = self.model.preprocess(texts, prompt=self.field_prompts.get(field),
-                                         max_length=self.max_length[field])
+    def embed(self, model, texts: list[str], field: str, task: TrainingTask | None = None) -> Tensor:
+        """`texts` of one field ("query" or "passage") through `model`, capped as the stage says or as
+        `task` overrides it (e.g. long classification passages, whose label shows in the first tokens)."""
+        caps = {**self.max_length, **task.config.max_length} if task is not None else self.max_length
+        features = self.model.preprocess(texts, prompt=self.field_prompts.get(field), max_length=caps[field])
         features = {k: v.to(self.args.device) if isinstance(v, Tensor) else v for k, v in features.items()}
         return model(features)["sentence_embedding"]
 
@@ -173,12 +175,12 @@ class ConanTrainer(SentenceTransformerTrainer):
         n = len(batch.queries)
         if task.kind == "sts":
             # one encoder pass for both sides (same prompt and cap): half the embedding-table gradients
-            both = self.embed(model, batch.queries + batch.passages, "query")
+            both = self.embed(model, batch.queries + batch.passages, "query", task)
             return {"sts_a": both[:n], "sts_b": both[n:], "labels": torch.tensor(batch.labels, device=both.device)}
-        q = self.embed(model, batch.queries, "query")
+        q = self.embed(model, batch.queries, "query", task)
         # positives and hard negatives share the passage prompt and cap: one pass, as MNRL does
         flat = [text for row in batch.negatives for text in row] if batch.negatives is not None else []
-        docs = self.embed(model, batch.passages + flat, "passage")
+        docs = self.embed(model, batch.passages + flat, "passage", task)
         return {"query": q, "positive": docs[:n],
                 "negatives": docs[n:].reshape(n, -1, q.shape[-1]) if flat else None}
 
