@@ -86,3 +86,17 @@ def test_data_of_an_older_builder_is_refused(recipe_dict, tmp_path):
     recipe_dict["data"] = {"dir": str(tmp_path / "old"), "build": True}
     with pytest.raises(InputError, match=r"manifest.json: built by builder version 1.*evaluation articles changed.*delete"):
         prepare_data(recipe_from_dict(recipe_dict))
+
+
+def test_run_scoring_the_guard_tasks_alone(recipe_dict, tmp_path, capsys):
+    recipe_dict["stages"] = {"pretrain": {**recipe_dict["stages"]["pretrain"], "max_steps": 2}}
+    recipe_dict["eval"] = {"size": "tiny", "dims": [None], "tasks": ["guard"]}
+    path = tmp_path / "guard.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    scores = json.loads((run / "metrics.json").read_text())["eval"]["pretrain"]["dim-full"]
+    assert scores["categories"] == {} and scores["avg"] is None
+    assert set(scores["guard"]) == {"PeoplesDailyTitleRetrieval", "PeoplesDailySentenceRetrieval"}
+    report = (run / "report.md").read_text()
+    assert "PeoplesDailyTitleRetrieval" in report and "**Avg**" not in report

@@ -21,6 +21,8 @@ def score_table(evals: dict[str, dict], dim_key: str) -> list[str]:
     """Markdown rows: one per category and the weighted Avg; one column per model, then final - base."""
     labels = [m for m in evals if dim_key in evals[m]]
     first, last = labels[0], labels[-1]
+    if not evals[first][dim_key]["categories"]:  # `eval.tasks: [guard]`: the guard table says it all
+        return []
     header = ["category (metric)", *labels, f"{last} − {first}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     some = evals[first][dim_key]
@@ -180,7 +182,8 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
         any_model = next(iter(evals.values()))
         for dim_key, result in any_model.items():
             lines += [f"### {dim_key.replace('dim-full', 'full dim')} ({result['embedding_dim']} dims)", ""]
-            lines += score_table(evals, dim_key) + [""]
+            if table := score_table(evals, dim_key):
+                lines += table + [""]
             if guard := guard_table(evals, dim_key):
                 lines += ["General-domain guard (held-out People's Daily articles, not in the Avg; change against "
                           "the base in brackets):", "", *guard, ""]
