@@ -21,11 +21,11 @@ def score_table(evals: dict[str, dict], dim_key: str) -> list[str]:
     """Markdown rows: one per category and the weighted Avg; one column per model, then final - base."""
     labels = [m for m in evals if dim_key in evals[m]]
     first, last = labels[0], labels[-1]
-    if not evals[first][dim_key]["categories"]:  # `eval.tasks: [guard]`: the guard table says it all
+    some = evals[first][dim_key]
+    if not some["categories"]:  # `eval.tasks: [guard]`: the guard table says it all
         return []
     header = ["category (metric)", *labels, f"{last} − {first}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    some = evals[first][dim_key]
     metric = {t["category"]: t["metric"] for t in some["tasks"].values()}
     for cat in CATEGORIES:
         if cat not in some["categories"]:

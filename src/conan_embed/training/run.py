@@ -135,12 +135,11 @@ def _model_stamp(path: Path) -> dict:
 
 def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, *, resume: bool) -> dict:
     """Evaluate one model at every recipe dim, encoding each text once; cached in eval/<label>/."""
+    from conan_embed.data.builders import BUILDER_VERSION
     from conan_embed.evaluation import run_suite
     from conan_embed.modeling import load_embedder
 
     cfg = recipe.eval
-    from conan_embed.data.builders import BUILDER_VERSION
-
     # the builder version names the evaluation sets too: a split that changed is scored again
     stamp = {"model": str(model_path), "files": _model_stamp(model_path), "suite": cfg.suite, "size": cfg.size,
              "split": cfg.split, "sets": BUILDER_VERSION,
