@@ -139,10 +139,10 @@ def main(argv=None) -> None:
                          + f" {'yes' if acceptable(valid_base[d], result) else 'no'} |"
                          + f" {'yes' if acceptable(valid_base[d], result, tol) else 'no'} |")
         lines.append("")
+    why = ("the largest acceptable at every dim" if ok else "none is acceptable at every dim, so the one that "
+           f"misses by least: {100 * misses[chosen]:.2f} points at its worst row")
     lines += [f"Acceptable: every category at least the base's less {args.category_tolerance:g} points, every "
-              f"guard task within 1 point. Chosen: fine-tuned weight **{chosen:g}** (the largest acceptable at "
-              "every dim" + ("" if ok else f"; none was, so the one that misses by least: {100 * misses[chosen]:.2f} "
-                               "points at its worst row") + ").", ""]
+              f"guard task within 1 point. Chosen: fine-tuned weight **{chosen:g}** ({why}).", ""]
 
     results = {"recipe": args.recipe, "overrides": args.set, "seeds": seeds, "weights": weights, "chosen": chosen,
                "valid": {"base": valid_base, "grid": {f"{s}:{w}": v for (s, w), v in grid.items()}}}

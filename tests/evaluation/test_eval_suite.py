@@ -36,6 +36,12 @@ def test_eval_json_structure(suite_run, tiny_data):
     }
     sizes = on_disk["tasks"]["InsuranceQARetrieval"]["size"]
     assert sizes == {"queries": 24, "documents": 120}
+    # the size's repetitions reach mteb: classifier fits and k-means runs, each scored
+    mteb_scores = {n: json.loads((out / "mteb" / f"{n}.json").read_text())["scores"]["test"][0]
+                   for n in ("SnowNLPSentimentClassification", "InsuranceQAClustering")}
+    size = tiny_data.size
+    assert len(mteb_scores["SnowNLPSentimentClassification"]["scores_per_experiment"]) == size.classification_experiments
+    assert len(mteb_scores["InsuranceQAClustering"]["v_measures"]["Level 0"]) == size.clustering_runs
     table = (out / "eval.txt").read_text()
     assert all(name in table for name in ALL_TASKS) and "Avg (6 datasets)" in table
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -157,3 +158,20 @@ def test_activation_checkpointing_trains_the_same_step(recipe_dict, tmp_path):
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
 
+
+
+def test_task_loss_weight_scales_that_task_alone(recipe_dict, tmp_path):
+    """`loss.weight` multiplies one task's term of a CBB step (the quickstart weighs classification 3x)."""
+    first = {}
+    for weight in (1.0, 3.0):
+        d = _single_stage(copy.deepcopy(recipe_dict), grad_accum=1, max_steps=1)
+        d["stages"]["finetune"].update(composer="cbb")
+        d["stages"]["finetune"]["tasks"]["retrieval"]["loss"] = {"weight": weight}
+        d["output_dir"] = str(tmp_path / f"w{weight:g}")
+        seen = Collect()
+        train_stage(recipe_from_dict(d), "finetune", show_progress=False, callbacks=[seen])
+        (_, records), = seen.steps
+        first[weight] = {r.task: float(r.loss) for r in records}
+    assert set(first[1.0]) == {"retrieval", "sts"}
+    assert first[3.0]["retrieval"] == pytest.approx(3 * first[1.0]["retrieval"], rel=1e-5)
+    assert first[3.0]["sts"] == pytest.approx(first[1.0]["sts"], rel=1e-5)

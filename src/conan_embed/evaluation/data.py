@@ -49,6 +49,7 @@ class ClassificationData:
 class ClusteringData:
     texts: list[str]
     labels: list[str]
+    runs: int
 
 
 @dataclass
@@ -116,7 +117,8 @@ def reranking_data(sets: EvaluationSets, size: SuiteSize) -> RetrievalData:
 def clustering_data(sets: EvaluationSets, size: SuiteSize) -> ClusteringData:
     order = _question_order(sets)
     questions = order if size.clustering_docs is None else order[: size.clustering_docs]
-    return ClusteringData(texts=[q.text for q in questions], labels=[q.domain for q in questions])
+    return ClusteringData(texts=[q.text for q in questions], labels=[q.domain for q in questions],
+                          runs=size.clustering_runs)
 
 
 def classification_data(sets: EvaluationSets, size: SuiteSize) -> ClassificationData:

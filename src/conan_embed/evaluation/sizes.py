@@ -38,6 +38,11 @@ class SuiteSize:
     classification_samples_per_label: int
     classification_experiments: int
     clustering_docs: int | None
+    # Clustering: the V-measure is the mean of this many k-means runs (one k-means++ initialisation
+    # each, mteb's algorithm) on bootstrap samples of the documents. One run's V-measure moves by about
+    # 5.6 points, so mteb's 10 runs leave a model-vs-base difference a standard error of ~1.8, more than
+    # the 1 point the forgetting check flags; 50 leave ~0.8 (benchmarks/eval_noise.py, docs/evaluation.md).
+    clustering_runs: int
     # General-domain guard tasks (People's Daily headline -> article, first sentence -> rest of the
     # paragraph): `guard_queries` held-out queries each, a corpus of their documents plus distractors
     # from the other articles up to `guard_corpus` (None: the held-out documents alone).
@@ -55,19 +60,19 @@ SIZES: dict[str, SuiteSize] = {
         name="tiny", retrieval_queries=24, retrieval_corpus=120, retrieval_hard_negatives=3,
         rerank_queries=12, rerank_negatives=3, sts_pairs=48, pair_classification_pairs=48,
         classification_test=64, classification_samples_per_label=8, classification_experiments=2,
-        clustering_docs=72, guard_queries=16, guard_corpus=48, max_seq_length=64,
+        clustering_docs=72, clustering_runs=4, guard_queries=16, guard_corpus=48, max_seq_length=64,
     ),
     "quick": SuiteSize(
         name="quick", retrieval_queries=400, retrieval_corpus=2600, retrieval_hard_negatives=3,
         rerank_queries=400, rerank_negatives=3, sts_pairs=None, pair_classification_pairs=None,
-        classification_test=1000, classification_samples_per_label=32, classification_experiments=5,
-        clustering_docs=1000, guard_queries=200, guard_corpus=400, max_seq_length=256,
+        classification_test=1000, classification_samples_per_label=32, classification_experiments=10,
+        clustering_docs=1000, clustering_runs=50, guard_queries=200, guard_corpus=400, max_seq_length=256,
     ),
     "full": SuiteSize(
         name="full", retrieval_queries=None, retrieval_corpus=None, retrieval_hard_negatives=0,
         rerank_queries=None, rerank_negatives=None, sts_pairs=None, pair_classification_pairs=None,
         classification_test=None, classification_samples_per_label=32, classification_experiments=10,
-        clustering_docs=None, guard_queries=None, guard_corpus=None, max_seq_length=None,
+        clustering_docs=None, clustering_runs=50, guard_queries=None, guard_corpus=None, max_seq_length=None,
     ),
 }
 

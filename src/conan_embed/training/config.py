@@ -9,6 +9,7 @@ before an hour of training rather than in the middle of it.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -194,7 +195,7 @@ class Recipe:
 
 
 def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    if not (value > 0 or (allow_zero and value == 0)) or value == math.inf:  # NaN fails both comparisons
         raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}", path=source, field=key)
 
 
@@ -268,6 +269,7 @@ def _validate(recipe: Recipe) -> None:
             _positive(task.negatives.count, f"{t}.negatives.count", src)
             _positive(task.negatives.skip_top, f"{t}.negatives.skip_top", src, allow_zero=True)
             _positive(task.loss.temperature, f"{t}.loss.temperature", src)
+            _positive(task.loss.weight, f"{t}.loss.weight", src)
             expected = "cosent" if task.kind == "sts" else "infonce"
             if task.loss.name != expected:
                 raise InputError(f"{t}.loss.name: a {task.kind} task trains with {expected!r}, got "

@@ -137,14 +137,16 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
     """Evaluate one model at every recipe dim, encoding each text once; cached in eval/<label>/."""
     from conan_embed.data.builders import BUILDER_VERSION
     from conan_embed.evaluation import run_suite
+    from conan_embed.evaluation.sizes import get_size
     from conan_embed.modeling import load_embedder
 
     cfg = recipe.eval
-    # the builder version names the evaluation sets too: a split that changed is scored again
-    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "suite": cfg.suite, "size": cfg.size,
+    # the builder version names the evaluation sets, the size's settings how they are scored: a split or a
+    # size that changed is scored again
+    stamp = {"model": str(model_path), "files": _model_stamp(model_path), "suite": cfg.suite,
+             "size": get_size(cfg.size).to_dict() if cfg.suite == "local" else cfg.size,
              "split": cfg.split, "sets": BUILDER_VERSION,
-             "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks,
-             "guard": cfg.tasks is None}
+             "precision": cfg.precision, "batch_size": cfg.batch_size, "tasks": cfg.tasks}
     results, model, cache = {}, None, {}
     for dim in cfg.dims:
         folder = run_dir / "eval" / label / f"dim-{dim or 'full'}"
