@@ -1,14 +1,15 @@
 """How much of a Classification or Clustering difference against the base is the suite's own noise.
 
-The quick suite's Classification is the mean of 5 logistic-regression fits on 32 reviews per label, and
-its Clustering the mean of 10 k-means runs (one initialisation each) on bootstrap samples of 1,000
+The quick suite's Classification is the mean of logistic-regression fits on 32 reviews per label, and
+its Clustering the mean of k-means runs (one initialisation each) on bootstrap samples of 1,000
 questions: a model and its base see the same samples, yet each fit or run lands somewhere else. This
-script scores each model and the base with many more fits and runs (`--experiments`, `--runs`), pairs
-them (fit i of the model against fit i of the base) and prints the mean difference with its standard
-error, beside the difference the quick suite's first 5 fits / 10 runs give:
+script scores each model and the base with many fits and runs (`--experiments`, `--runs`), pairs them
+(fit i of the model against fit i of the base), prints the mean difference with its standard error,
+and the standard error a suite with fewer repetitions would give (mteb's and the quick size's before
+2026-11-29: 5 fits, 10 runs; the quick size's now: 10 fits, 50 runs):
 
     .venv/bin/python benchmarks/eval_noise.py MODEL... [--base e5-small] [--split valid] \
-        [--experiments 40] [--runs 50] [--output runs/eval-noise]
+        [--experiments 40] [--runs 100] [--output runs/eval-noise]
 
 Scores on the validation split by default: this measures the instrument, and must not look at test.
 """
@@ -22,17 +23,17 @@ import math
 import statistics
 from pathlib import Path
 
-from conan_embed.evaluation import tasks as suite_tasks
 from conan_embed.evaluation.sizes import SIZES
 from conan_embed.evaluation.suite import run_suite
 
 QUICK = SIZES["quick"]
-QUICK_RUNS = suite_tasks.InsuranceQAClustering.n_clusters  # mteb's 10 bootstrap runs
+# repetitions of the quick suite before 2026-11-29 and now: (classifier fits, k-means runs)
+COUNTS = {"before": {"Classification": 5, "Clustering": 10},
+          "now": {"Classification": QUICK.classification_experiments, "Clustering": QUICK.clustering_runs}}
 
 
-def per_repetition(model: str, size, runs: int, dims: list, split: str, out: Path) -> dict:
+def per_repetition(model: str, size, dims: list, split: str, out: Path) -> dict:
     """{dim: {"Classification": [accuracy of each fit], "Clustering": [V-measure of each run]}}."""
-    suite_tasks.InsuranceQAClustering.n_clusters = runs
     cache, scores = {}, {}
     for dim in dims:
         folder = out / model.replace("/", "_") / f"dim-{dim or 'full'}"
@@ -56,31 +57,32 @@ def main() -> None:
     p.add_argument("models", nargs="+")
     p.add_argument("--base", default="e5-small")
     p.add_argument("--split", default="valid", choices=("valid", "test"))
-    p.add_argument("--experiments", type=int, default=40, help="classifier fits (quick suite: %d)" % QUICK.classification_experiments)
-    p.add_argument("--runs", type=int, default=50, help=f"k-means runs (quick suite: {QUICK_RUNS})")
+    p.add_argument("--experiments", type=int, default=40, help="classifier fits (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=100, help="k-means runs (default: %(default)s)")
     p.add_argument("--dims", default="full,256", help="comma-separated: full or a Matryoshka dim")
     p.add_argument("--output", default="runs/eval-noise")
     args = p.parse_args()
-    size = dataclasses.replace(QUICK, classification_experiments=args.experiments)
+    size = dataclasses.replace(QUICK, classification_experiments=args.experiments, clustering_runs=args.runs)
     dims = [None if d == "full" else int(d) for d in args.dims.split(",")]
     out = Path(args.output)
-    base = per_repetition(args.base, size, args.runs, dims, args.split, out)
-    first = {"Classification": QUICK.classification_experiments, "Clustering": QUICK_RUNS}
+    base = per_repetition(args.base, size, dims, args.split, out)
     print(f"{args.split} split; change against {args.base}, x100: mean ± standard error over the paired "
-          f"repetitions, then what the quick suite's first ones give")
-    ses = []
+          "repetitions; then the standard error with the quick size's counts, before / now")
+    ses = {when: {cat: [] for cat in counts} for when, counts in COUNTS.items()}
     for model in args.models:
-        scores = per_repetition(model, size, args.runs, dims, args.split, out)
+        scores = per_repetition(model, size, dims, args.split, out)
         for dim in dims:
-            for cat, n in first.items():
+            for cat in COUNTS["now"]:
                 d, se = paired(scores[dim][cat], base[dim][cat])
-                quick = statistics.mean(scores[dim][cat][:n]) - statistics.mean(base[dim][cat][:n])
-                ses.append((cat, se * math.sqrt(len(scores[dim][cat]) / n)))
-                print(f"{model} | dim {dim or 'full'} | {cat}: {d:+.2f} ± {se:.2f} "
-                      f"({len(scores[dim][cat])} paired); the quick suite's first {n}: {quick:+.2f}")
-    for cat, n in first.items():
-        print(f"RESULT eval_noise {cat}: standard error of the quick suite's paired difference ({n}) "
-              f"≈ {statistics.median(s for c, s in ses if c == cat):.2f} points (median over models and dims)")
+                n = len(scores[dim][cat])
+                for when, counts in COUNTS.items():
+                    ses[when][cat].append(se * math.sqrt(n / counts[cat]))
+                print(f"{model} | dim {dim or 'full'} | {cat}: {d:+.2f} ± {se:.2f} ({n} paired); with "
+                      + " / ".join(f"{c[cat]}: ± {ses[w][cat][-1]:.2f}" for w, c in COUNTS.items()))
+    print("RESULT eval_noise standard error of a model-vs-base difference, median over models and dims: "
+          + ", ".join(f"{cat} {COUNTS['before'][cat]} -> {COUNTS['now'][cat]}: "
+                      f"{statistics.median(ses['before'][cat]):.2f} -> {statistics.median(ses['now'][cat]):.2f}"
+                      for cat in COUNTS["now"]))
 
 
 if __name__ == "__main__":

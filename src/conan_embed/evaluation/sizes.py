@@ -39,9 +39,9 @@ class SuiteSize:
     classification_experiments: int
     clustering_docs: int | None
     # Clustering: the V-measure is the mean of this many k-means runs (one k-means++ initialisation
-    # each, mteb's algorithm) on bootstrap samples of the documents. One run's V-measure moves by about
-    # 5.6 points, so mteb's 10 runs leave a model-vs-base difference a standard error of ~1.8, more than
-    # the 1 point the forgetting check flags; 50 leave ~0.8 (benchmarks/eval_noise.py, docs/evaluation.md).
+    # each, mteb's algorithm) on bootstrap samples of the documents. One run moves a model-vs-base
+    # V-measure difference by about 5 points, so mteb's 10 runs leave it a standard error of ~1.5, more
+    # than the 1 point the forgetting check flags; 50 leave ~0.7 (benchmarks/eval_noise.py, docs/evaluation.md).
     clustering_runs: int
     # General-domain guard tasks (People's Daily headline -> article, first sentence -> rest of the
     # paragraph): `guard_queries` held-out queries each, a corpus of their documents plus distractors
