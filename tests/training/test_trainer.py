@@ -159,7 +159,6 @@ def test_activation_checkpointing_trains_the_same_step(recipe_dict, tmp_path):
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
 
 
-
 def test_task_loss_weight_scales_that_task_alone(recipe_dict, tmp_path):
     """`loss.weight` multiplies one task's term of a CBB step (the quickstart weighs classification 3x)."""
     first = {}

@@ -195,7 +195,7 @@ class Recipe:
 
 
 def _positive(value, key: str, source, *, allow_zero: bool = False) -> None:
-    if not (value > 0 or (allow_zero and value == 0)) or value == math.inf:  # NaN fails both comparisons
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}", path=source, field=key)
 
 
