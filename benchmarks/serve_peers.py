@@ -3,6 +3,9 @@ folder and against in-process sentence-transformers encode, one after the other 
 
 Systems (each on the same requests, the same closed-loop clients at each concurrency):
 - ours-torch, ours-onnx, ours-onnx-int8: `conan-embed serve MODEL [--backend onnx --onnx-file ...]`;
+  ours-torch-compile: `conan-embed serve MODEL --compile` (CUDA graphs on a GPU; by default only there);
+  ours-torch-serial, ours-onnx-int8-serial (only when --systems names them): `--max-in-flight 1`, the
+  server without the overlap of one pass's collection with the next pass's launch (an A/B of it);
 - infinity-torch, infinity-onnx: `infinity_emb v2 --model-id MODEL --engine torch|optimum` from its own
   virtual environment (built once by this script from the package registry, so its pins never touch
   ours; the onnx engine prefers the folder's int8 file on a CPU), where it starts;
@@ -18,6 +21,11 @@ normalised: with `dimensions` it would cut without renormalising, so the race us
 
     .venv/bin/python benchmarks/serve_peers.py --model runs/quickstart/model
     .venv/bin/python benchmarks/serve_peers.py --model runs/quickstart/model --levels 1,8,32,128 --repeats 3
+    .venv/bin/python benchmarks/serve_peers.py --model runs/quickstart/model --device cuda   # torch systems only
+
+With --device cuda every torch system runs on the GPU, in fp32 and bf16 (ours-torch-bf16 and
+ours-torch-compile-bf16 serve with --precision bf16, inproc-torch-bf16 encodes under bf16 autocast); the
+ONNX systems are left out (our ONNX backend runs on the CPU), and infinity unless --systems names it.
 
 Last line: RESULT serve_peers ... ratio=<our best server texts/s / the best other system's, at --ratio-level>.
 """
@@ -41,6 +49,9 @@ from serve_load import Req, ServerProcess, make_client, make_requests  # noqa: E
 
 INFINITY = "infinity-emb[server,torch,optimum]==0.0.78"
 PROMPTS = {"query": "query: ", "passage": "passage: "}
+SYSTEMS = ("ours-torch", "ours-torch-serial", "ours-torch-bf16", "ours-torch-compile", "ours-torch-compile-bf16",
+           "ours-onnx", "ours-onnx-int8", "ours-onnx-int8-serial", "infinity-torch", "infinity-onnx", "inproc-torch",
+           "inproc-torch-bf16", "inproc-onnx-int8")
 
 
 def cpu_arch() -> str:
@@ -73,16 +84,25 @@ class Server(ServerProcess):
         return False
 
 
-def ours(name: str, model: str, port: int, log: Path, backend: str = "torch", file: str | None = None) -> Server:
+def ours(name: str, model: str, port: int, log: Path, device: str, backend: str = "torch",
+         file: str | None = None) -> Server:
     exe = Path(sys.executable).with_name("conan-embed")
-    cmd = [str(exe), "serve", model, "--port", str(port), "--max-queue", "100000"]
+    cmd = [str(exe), "serve", model, "--port", str(port), "--max-queue", "100000", "--device", device]
     if backend != "torch":
         cmd += ["--backend", backend, "--onnx-file", file]
+    if "compile" in name:
+        cmd.append("--compile")
+    if name.endswith("bf16"):
+        cmd += ["--precision", "bf16"]
+    if name.endswith("serial"):
+        cmd += ["--max-in-flight", "1"]
+    if device != "cpu":
+        cmd += ["--max-batch-tokens", "65536"]  # docs/serving.md, deployment notes
     return Server(name, cmd, port, log, "/v1/embeddings", "/health", {"input_type": "none"})
 
 
-def infinity(name: str, python: Path, model: str, port: int, log: Path, engine: str) -> Server:
-    cmd = [str(python.with_name("infinity_emb")), "v2", "--model-id", model, "--engine", engine, "--device", "cpu",
+def infinity(name: str, python: Path, model: str, port: int, log: Path, engine: str, device: str) -> Server:
+    cmd = [str(python.with_name("infinity_emb")), "v2", "--model-id", model, "--engine", engine, "--device", device,
            "--port", str(port), "--url-prefix", "/v1", "--batch-size", "32", "--no-model-warmup"]
     return Server(name, cmd, port, log, "/v1/embeddings", "/v1/models", {})
 
@@ -123,10 +143,15 @@ def probe(server: Server, texts: list[str]) -> np.ndarray:
     return np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
 
 
-def inproc_rate(model, reqs: list[Req]) -> float:
+def inproc_rate(model, reqs: list[Req], bf16: bool = False) -> float:
+    import torch
+
     texts = [PROMPTS[r.kind] + t for r in reqs for t in r.texts]
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        model.encode(texts[:64], batch_size=32)  # warm-up (CUDA context, kernels)
+        t0 = time.perf_counter()
+        model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
     return len(texts) / (time.perf_counter() - t0)
 
 
@@ -142,8 +167,12 @@ def main(argv=None) -> int:
     p.add_argument("--infinity", default=INFINITY, help="pip requirement of infinity (default: %(default)s)")
     p.add_argument("--torch", default="torch==2.13.0", help="torch for infinity's environment (default: %(default)s)")
     p.add_argument("--venvs", default="runs/serve-peers", help="where infinity's environment goes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where every torch system runs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    unknown = sorted(set((args.systems or "").split(",")) - set(SYSTEMS) - {""})
+    if unknown:
+        p.error(f"unknown --systems {unknown}; known: {', '.join(SYSTEMS)}")
 
     from conan_embed.backends import export_onnx, onnx_file_name
     from conan_embed.modeling import load_embedder
@@ -154,16 +183,21 @@ def main(argv=None) -> int:
     int8 = onnx_file_name("int8", arch)
     reference = load_embedder(folder, device="cpu")
     for quantize in (None, "int8"):
-        if not (folder / onnx_file_name(quantize, arch)).is_file():
+        if args.device == "cpu" and not (folder / onnx_file_name(quantize, arch)).is_file():
             export_onnx(reference, folder, quantize=quantize, arch=arch)
     levels = [int(x) for x in args.levels.split(",")]
     reqs = make_requests(args.requests, 0.3, args.seed)
     probes = [PROMPTS["query"] + t for r in reqs[:8] for t in r.texts][:16]
     want = reference.encode(probes, normalize_embeddings=True)
-    systems = ["ours-torch", "ours-onnx", "ours-onnx-int8", "infinity-torch", "infinity-onnx", "inproc-torch",
-               "inproc-onnx-int8"]
+    gpu = args.device != "cpu"
+    # the device machine reaches no package registry, so infinity's environment can't be built there
+    systems = (["ours-torch", "ours-torch-bf16", "ours-torch-compile", "ours-torch-compile-bf16", "inproc-torch",
+                "inproc-torch-bf16"] if gpu else
+               ["ours-torch", "ours-onnx", "ours-onnx-int8", "infinity-torch", "infinity-onnx", "inproc-torch",
+                "inproc-onnx-int8"])
     if args.systems:
-        systems = [s for s in systems if s in args.systems.split(",")]
+        systems = args.systems.split(",")
+    inproc = load_embedder(folder, device=args.device) if gpu else reference
     python = None
     if any(s.startswith("infinity") for s in systems):
         python = build_venv(Path(args.venvs), args.infinity, args.torch)
@@ -175,8 +209,8 @@ def main(argv=None) -> int:
             if name in notes:
                 continue  # did not start in an earlier round
             if name.startswith("inproc"):
-                model = reference if name == "inproc-torch" else load_embedder(folder, backend="onnx", onnx_file=int8)
-                rate = inproc_rate(model, reqs)
+                model = load_embedder(folder, backend="onnx", onnx_file=int8) if "onnx" in name else inproc
+                rate = inproc_rate(model, reqs, bf16=name.endswith("bf16"))
                 agreement.setdefault(name, float((model.encode(probes, normalize_embeddings=True) * want).sum(1).min()))
                 for c in levels:
                     rates[name][c].append(rate)
@@ -184,10 +218,11 @@ def main(argv=None) -> int:
                 continue
             port = free_port()
             log = logs / f"{name}-{round_}.log"
-            server = (ours(name, str(folder), port, log) if name == "ours-torch" else
-                      ours(name, str(folder), port, log, "onnx", onnx_file_name()) if name == "ours-onnx" else
-                      ours(name, str(folder), port, log, "onnx", int8) if name == "ours-onnx-int8" else
-                      infinity(name, python, str(folder), port, log, "torch" if name == "infinity-torch" else "optimum"))
+            onnx = {"ours-onnx": onnx_file_name(), "ours-onnx-int8": int8, "ours-onnx-int8-serial": int8}
+            server = (ours(name, str(folder), port, log, args.device, "onnx", onnx[name]) if name in onnx else
+                      ours(name, str(folder), port, log, args.device) if name.startswith("ours") else
+                      infinity(name, python, str(folder), port, log, "torch" if name == "infinity-torch" else "optimum",
+                               args.device))
             try:
                 if not server.wait_ready():
                     notes[name] = f"did not start: {log.read_text(errors='replace')[-600:]!r}"
@@ -201,14 +236,16 @@ def main(argv=None) -> int:
                           + (f", {failed} failed" if failed else ""), flush=True)
             finally:
                 server.stop()
-    print(f"\nmodel {folder}, int8 file {int8}, {args.requests} requests per level, median of {args.repeats} rounds")
-    print(f"{'system':18s} {'min cos':>8s} " + " ".join(f"{'c=' + str(c):>9s}" for c in levels))
+    print(f"\nmodel {folder} on {args.device}, int8 file {int8}, {args.requests} requests per level, "
+          f"median of {args.repeats} rounds")
+    width = max(len(s) for s in systems)
+    print(f"{'system':{width}s} {'min cos':>8s} " + " ".join(f"{'c=' + str(c):>9s}" for c in levels))
     median = {s: {c: statistics.median(v) for c, v in rates[s].items() if v} for s in systems if s not in notes}
     for s in systems:
         if s in notes:
-            print(f"{s:18s} {'-':>8s} {notes[s][:80]}")
+            print(f"{s:{width}s} {'-':>8s} {notes[s][:80]}")
             continue
-        print(f"{s:18s} {agreement[s]:8.5f} " + " ".join(f"{median[s][c]:9.1f}" for c in levels))
+        print(f"{s:{width}s} {agreement[s]:8.5f} " + " ".join(f"{median[s][c]:9.1f}" for c in levels))
     at = args.ratio_level if args.ratio_level in levels else levels[-1]
     our = {s: m[at] for s, m in median.items() if s.startswith("ours")}
     other = {s: m[at] for s, m in median.items() if not s.startswith("ours")}

@@ -61,6 +61,33 @@ def test_plain_loading_gives_the_same_vectors(saved):
                       if p.name != "config_sentence_transformers.json"}
 
 
+def test_folder_has_what_text_embeddings_inference_parses(saved):
+    """TEI reads these files itself, with serde (v1.9.3: router/src/lib.rs ModelConfig, PoolConfig,
+    STConfig; backends/src/lib.rs ModuleConfig; backends/candle/src/models/dense.rs DenseConfig): a missing
+    key, a wrong type or a module type it does not know stops it at start-up. TEI is a Rust binary that no
+    package registry here serves, so this checks its parse rules rather than running it."""
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    _, folder = saved
+    config = _json(folder / "config.json")
+    assert isinstance(config["architectures"], list) and isinstance(config["model_type"], str)
+    assert isinstance(config["max_position_embeddings"], int)
+    pooling = _json(folder / "1_Pooling/config.json")
+    assert pooling["pooling_mode_mean_tokens"] is True and pooling["pooling_mode_cls_token"] is False
+    assert isinstance(_json(folder / "sentence_bert_config.json")["max_seq_length"], int)
+    known = {f"sentence_transformers.models.{t}" for t in ("Transformer", "Pooling", "Dense", "Normalize")}
+    for module in _json(folder / "modules.json"):
+        assert isinstance(module["idx"], int) and isinstance(module["name"], str) and module["type"] in known
+    dense = _json(folder / "2_Dense/config.json")
+    assert dense["activation_function"] in ("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.Tanh")
+    with safe_open(str(folder / "2_Dense/model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes == {"linear.weight": (dense["out_features"], dense["in_features"]),
+                      "linear.bias": (dense["out_features"],)}
+    Tokenizer.from_file(str(folder / "tokenizer.json"))  # TEI supports fast tokenizers only
+
+
 def test_classic_pooling_modes():
     assert classic_pooling({"embedding_dimension": 8, "pooling_mode": "cls"})["pooling_mode_cls_token"] is True
     classic = {"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True}

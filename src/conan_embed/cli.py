@@ -26,6 +26,13 @@ def _model(args):
                          device=getattr(args, "device", None))
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_backend_args(p) -> None:
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="onnx: run the folder's ONNX export (conan-embed export; docs/serving.md) instead of "
@@ -173,12 +180,15 @@ def cmd_curate(args) -> None:
 def cmd_serve(args) -> None:
     from conan_embed.serving import ServeSettings, serve
 
+    if args.compile and args.backend != "torch":
+        raise InputError("--compile is for --backend torch (ONNX Runtime optimises its own graph)", field="compile")
     api_key = args.api_key or os.environ.get("CONAN_EMBED_API_KEY") or None
     settings = ServeSettings(model=args.model, model_id=args.model_id, api_key=api_key, max_inputs=args.max_inputs,
                              max_body_bytes=args.max_body_mb * 2**20, max_queue=args.max_queue,
                              max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                              truncate=not args.reject_long, device=args.device, precision=args.precision,
-                             backend=args.backend, onnx_file=args.onnx_file)
+                             backend=args.backend, onnx_file=args.onnx_file, compile=args.compile,
+                             max_in_flight=args.max_in_flight)
     print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/v1/embeddings"
           f"{' (API key required)' if api_key else ''}", flush=True)
     serve(settings, host=args.host, port=args.port)
@@ -369,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 400 for texts over the model's length limit (default: truncate them)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward pass; on a GPU with CUDA graphs over bucketed shapes "
+                        "(slower start; on a CPU it does not pay, docs/serving.md)")
+    p.add_argument("--max-in-flight", type=_positive_int, default=2,
+                   help="forward passes launched before the oldest one's output is collected; 1 turns the "
+                        "overlap off (default: %(default)s)")
     _add_backend_args(p)
     p.set_defaults(func=cmd_serve)
 

@@ -41,11 +41,11 @@ class GatedEngine(EmbeddingEngine):
         self.load_gate.wait(60)
         super().load()
 
-    def _infer(self, batch):
+    def _launch(self, batch):
         self.infer_gate.wait(60)
         if self.fail_on is not None and any(len(p.ids) == len(self.fail_on) for p in batch):
             raise RuntimeError("simulated failure")
-        return super()._infer(batch)
+        return super()._launch(batch)
 
 
 def test_503_while_loading_then_serves(tiny_model):

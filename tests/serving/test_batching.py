@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -69,3 +70,56 @@ def test_queue_bound_and_failure_isolation():
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_bucket_shape_bounds_the_number_of_shapes():
+    from conan_embed.serving.batching import bucket_shape
+
+    assert bucket_shape(1, 9, 512) == (1, 16)
+    assert bucket_shape(3, 16, 512) == (4, 16)
+    assert bucket_shape(17, 100, 512) == (32, 128)
+    assert bucket_shape(2, 500, 512) == (2, 512)
+    assert bucket_shape(2, 20, 24) == (2, 24)  # never past the model's limit
+    shapes = {bucket_shape(n, length, 512) for n in range(1, 257) for length in range(1, 513)}
+    assert len(shapes) == 9 * 9  # 9 row buckets (1 ... 256) x 9 length buckets
+    for n, length in [(5, 33), (64, 511), (1, 1)]:
+        rows, padded = bucket_shape(n, length, 512)
+        assert rows >= n and padded >= length
+
+
+def test_collect_overlaps_the_next_launch_and_fails_alone():
+    """Pass 0's output is collected only after pass 1 was launched: a batcher that waited for each
+    collect before the next launch would time out here."""
+    events, launched_second = [], threading.Event()
+
+    def launch(batch):
+        first = int(batch[0].ids[0])
+        events.append(("launch", first))
+        if first == 1:
+            launched_second.set()
+        return batch
+
+    def collect(batch):
+        first = int(batch[0].ids[0])
+        if first == 0:
+            assert launched_second.wait(5), "the next pass was not launched while this one was collected"
+        if first == 666:
+            raise ValueError("bad output")
+        events.append(("collect", first))
+        return np.stack([np.full(2, p.ids[0], dtype=np.float32) for p in batch])
+
+    async def main():
+        b = DynamicBatcher(launch, collect=collect, max_batch_tokens=100, max_queue=10, max_wait_s=0.01)
+        b.start()
+        first, second = b.submit([np.array([0, 0])], "a"), b.submit([np.array([1, 1])], "b")  # two passes
+        rows = [await first[0], await second[0]]
+        bad, good = b.submit([np.array([666])], "c"), b.submit([np.array([2])], "d")
+        with pytest.raises(ValueError, match="bad output"):
+            await bad[0]
+        rows.append(await good[0])
+        await b.stop()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [r[0] for r in rows] == [0, 1, 2]
+    assert events[:4] == [("launch", 0), ("launch", 1), ("collect", 0), ("collect", 1)]

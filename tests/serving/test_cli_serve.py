@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from conan_embed.serving.local import free_port
 
@@ -19,7 +20,7 @@ def test_serve_command(tiny_model):
     env = {**os.environ, "CONAN_EMBED_API_KEY": "k1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "conan_embed.cli", "serve", tiny_model, "--port", str(port),
                              "--model-id", "demo", "--max-queue", "16", "--backend", "onnx",
-                             "--onnx-file", "onnx/model_qint8_avx2.onnx"], env=env, stdout=subprocess.PIPE,
+                             "--onnx-file", "onnx/model_qint8_avx2.onnx", "--max-in-flight", "3"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -41,3 +42,13 @@ def test_serve_command(tiny_model):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-2000:]
     assert f"serving {tiny_model} (onnx) on http://127.0.0.1:{port}/v1/embeddings (API key required)" in out
+
+
+def test_serve_refuses_bad_flags(tiny_model, capsys):
+    from conan_embed.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", tiny_model, "--max-in-flight", "0"])
+    assert "--max-in-flight: must be 1 or more, got 0" in capsys.readouterr().err
+    assert main(["serve", tiny_model, "--compile", "--backend", "onnx"]) == 2
+    assert "--compile is for --backend torch" in capsys.readouterr().err

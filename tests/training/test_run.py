@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -100,3 +101,36 @@ def test_run_scoring_the_guard_tasks_alone(recipe_dict, tmp_path, capsys):
     assert set(scores["guard"]) == {"PeoplesDailyTitleRetrieval", "PeoplesDailySentenceRetrieval"}
     report = (run / "report.md").read_text()
     assert "PeoplesDailyTitleRetrieval" in report and "**Avg**" not in report
+
+
+def test_evaluations_are_cached_until_the_suite_size_changes(recipe_dict, tmp_path, monkeypatch):
+    """eval/<label>/stamp.json holds the size's settings, not its name: a size whose settings changed
+    (more classifier fits, say) is scored again, not read from an older cache."""
+    import dataclasses
+
+    import conan_embed.evaluation as evaluation
+    from conan_embed.evaluation import sizes
+    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.training.run import evaluate_model
+
+    scored = []
+
+    def fake_suite(model, *, output_dir, **kwargs):  # the caching is under test, not the suite
+        scored.append(str(output_dir))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "eval.json").write_text(json.dumps({"avg": 0.5}))
+        return {"avg": 0.5}
+
+    monkeypatch.setattr(evaluation, "run_suite", fake_suite)
+    recipe_dict["eval"] = {"size": "tiny", "dims": [None]}
+    recipe = recipe_from_dict(recipe_dict)
+    base = Path(recipe_dict["model"]["base"])
+
+    def evaluate():
+        return evaluate_model("base", base, recipe, tmp_path / "run", resume=True)
+
+    assert evaluate() == {None: {"avg": 0.5}} and len(scored) == 1
+    assert evaluate() == {None: {"avg": 0.5}} and len(scored) == 1  # cached
+    monkeypatch.setitem(sizes.SIZES, "tiny", dataclasses.replace(sizes.SIZES["tiny"], classification_experiments=3))
+    evaluate()
+    assert len(scored) == 2  # the same size name, other settings: scored again

@@ -52,6 +52,8 @@ class ServeSettings:
     pass_overhead_tokens: int | None = None  # a forward pass's fixed cost in tokens (None: measured at load)
     backend: str = "torch"  # or "onnx": the folder's ONNX export (conan_embed.backends)
     onnx_file: str | None = None  # which export (default onnx/model.onnx)
+    compile: bool = False  # torch.compile the forward pass (CUDA graphs over bucketed shapes on a GPU)
+    max_in_flight: int = 2  # forward passes launched and not yet collected (1: no overlap)
 
 
 class APIError(Exception):
@@ -199,7 +201,8 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
                                        max_batch_tokens=settings.max_batch_tokens, max_queue=settings.max_queue,
                                        max_wait_ms=settings.max_wait_ms, tokenizer_threads=settings.tokenizer_threads,
                                        pass_overhead_tokens=settings.pass_overhead_tokens, metrics=metrics,
-                                       backend=settings.backend, onnx_file=settings.onnx_file)
+                                       backend=settings.backend, onnx_file=settings.onnx_file,
+                                       compile=settings.compile, max_in_flight=settings.max_in_flight)
     model_id = settings.model_id or str(settings.model).rstrip("/").split("/")[-1]
     state = {"error": None, "started": int(time.time())}
 

@@ -1,10 +1,15 @@
 """The embedding engine behind the server: a sentence-transformers model, tokenisation off the event
-loop, and the dynamic batcher.
+loop, the dynamic batcher, and a forward pass that is launched in one thread and collected in another.
 
 Texts take the same path as `SentenceTransformer.encode`: `model.preprocess(texts, prompt=...)`
 (the model's own tokenizer, prompt handling and length cap), the model's forward pass, then the
 Matryoshka cut and L2 normalisation; only the batching differs (texts of many requests share a padded
 batch), so the vectors equal in-process `encode` up to float rounding (tested within 1e-5).
+
+`compile=True` runs the forward pass through `torch.compile` (one compile with dynamic shapes, at
+load); on a GPU in "reduce-overhead" mode, which replays CUDA graphs, with each pass's shape rounded up
+to a bucket (`batching.bucket_shape`) so that few graphs are recorded. A forward pass of an eager
+model costs tens of milliseconds of host Python on a GPU; a graph replay costs one launch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from conan_embed.modeling import text_prompt
-from conan_embed.serving.batching import DynamicBatcher, PendingText
+from conan_embed.serving.batching import DynamicBatcher, PendingText, bucket_shape
 from conan_embed.serving.metrics import ServerMetrics
 
 
@@ -34,14 +39,21 @@ class EmbeddingEngine:
     def __init__(self, model_path: str, *, device: str | None = None, precision: str = "fp32",
                  max_batch_tokens: int = 8192, max_queue: int = 1024, max_wait_ms: float = 2.0,
                  tokenizer_threads: int = 1, pass_overhead_tokens: int | None = None,
-                 metrics: ServerMetrics | None = None, backend: str = "torch", onnx_file: str | None = None):
+                 metrics: ServerMetrics | None = None, backend: str = "torch", onnx_file: str | None = None,
+                 compile: bool = False, shape_buckets: bool | None = None, max_in_flight: int = 2):
+        if compile and backend != "torch":
+            raise ValueError(f"compile applies to the torch backend, not {backend!r}")
         self.model_path, self.device, self.precision = model_path, device, precision
-        self.backend, self.onnx_file = backend, onnx_file
+        self.backend, self.onnx_file, self.compile = backend, onnx_file, compile
+        self.shape_buckets = shape_buckets  # None: on when compiled for CUDA graphs
         self.metrics = metrics or ServerMetrics()
         self.model = None
+        self._forward = None
+        self._cuda_graphs = False
         self.dims: tuple[int, ...] = ()
-        self.batcher = DynamicBatcher(self._infer, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
-                                      max_wait_s=max_wait_ms / 1000, on_batch=self._observe_batch,
+        self.batcher = DynamicBatcher(self._launch, collect=self._collect, max_batch_tokens=max_batch_tokens,
+                                      max_queue=max_queue, max_wait_s=max_wait_ms / 1000,
+                                      on_batch=self._observe_batch, max_in_flight=max_in_flight,
                                       pass_overhead_tokens=pass_overhead_tokens)  # None: measured at load
         # one thread by default: a Rust tokenizer shared by threads can fail with "Already borrowed" when
         # calls set its truncation/padding concurrently (huggingface/tokenizers#537)
@@ -57,9 +69,22 @@ class EmbeddingEngine:
         model.eval()
         full = model.get_embedding_dimension()
         self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))
+        self._forward = model.forward
+        if self.compile:
+            import torch
+
+            self._cuda_graphs = model.device.type == "cuda"
+            self._forward = torch.compile(model.forward, dynamic=True,
+                                          mode="reduce-overhead" if self._cuda_graphs else None)
+        if self.shape_buckets is None:
+            self.shape_buckets = self._cuda_graphs
         self.model = model
-        if self.batcher.pass_overhead_tokens is None:
-            self.batcher.pass_overhead_tokens = self._measure_pass_overhead()
+        if self.batcher.pass_overhead_tokens is None or self.compile:
+            # in the inference thread: a compiled model compiles, and records its CUDA graphs, on its first
+            # passes there (the calibration's 1 x 8 and 8 x 64 passes), before the server says it is ready
+            overhead = self.batcher.run_in_inference_thread(self._measure_pass_overhead)
+            if self.batcher.pass_overhead_tokens is None:
+                self.batcher.pass_overhead_tokens = overhead
 
     def _measure_pass_overhead(self, repeats: int = 3) -> int:
         """The fixed cost of one forward pass in tokens of compute: time a 1 x 8 and an 8 x 64 pass,
@@ -138,15 +163,19 @@ class EmbeddingEngine:
             raise
         return np.stack(rows), [len(x) for x in ids]
 
-    # -- per batch (inference thread) ------------------------------------------------------------------
-    def _infer(self, batch: list[PendingText]) -> np.ndarray:
+    # -- per batch: launched in the inference thread, collected in the collector thread ----------------
+    def _launch(self, batch: list[PendingText]):
+        """Pad the batch (to its bucket when shapes are bucketed), run the forward pass and start copying
+        its output to the host; on a GPU this returns while the device still works."""
         import torch
 
         model = self.model
-        longest = max(p.tokens for p in batch)
+        rows, longest = len(batch), max(p.tokens for p in batch)
+        shape = bucket_shape(rows, longest, self.max_length) if self.shape_buckets else (rows, longest)
         pad = model.tokenizer.pad_token_id or 0
-        input_ids = np.full((len(batch), longest), pad, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        input_ids = np.full(shape, pad, dtype=np.int64)
+        mask = np.zeros(shape, dtype=np.int64)
+        mask[rows:, 0] = 1  # filler rows attend to one token: no all-masked row (NaN in some kernels)
         for i, p in enumerate(batch):
             input_ids[i, : p.tokens] = p.ids
             mask[i, : p.tokens] = 1
@@ -156,9 +185,27 @@ class EmbeddingEngine:
             features["prompt_length"] = self._prompt_lengths[batch[0].group]
         bf16 = self.precision == "bf16"
         autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new pass: the previous one's outputs may go
         with torch.inference_mode(), autocast:
-            out = model.forward(features)["sentence_embedding"]
-        return out.float().cpu().numpy()
+            out = self._forward(features)["sentence_embedding"][:rows].float()
+        if out.device.type != "cuda":
+            return out.numpy(), None
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)  # queued before the next pass can overwrite a graph's output
+        done = torch.cuda.Event()
+        done.record()
+        return host.numpy(), done
+
+    @staticmethod
+    def _collect(launched) -> np.ndarray:
+        rows, done = launched
+        if done is not None:
+            done.synchronize()  # releases the GIL while the device finishes
+        return rows
+
+    def _infer(self, batch: list[PendingText]) -> np.ndarray:
+        return self._collect(self._launch(batch))
 
     def _observe_batch(self, batch: list[PendingText], started: float, ended: float) -> None:
         m = self.metrics
