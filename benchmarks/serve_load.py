@@ -175,10 +175,10 @@ class ServerProcess:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self._spawn(cmd, log, env)
 
-    def _spawn(self, cmd: list[str], log: Path, env: dict) -> None:
+    def _spawn(self, cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> None:
         self.cmd, self.log = cmd, log
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
         import httpx

@@ -8,7 +8,9 @@ Systems (each on the same requests, the same closed-loop clients at each concurr
   server without the overlap of one pass's collection with the next pass's launch (an A/B of it);
 - infinity-torch, infinity-onnx: `infinity_emb v2 --model-id MODEL --engine torch|optimum` from its own
   virtual environment (built once by this script from the package registry, so its pins never touch
-  ours; the onnx engine prefers the folder's int8 file on a CPU), where it starts;
+  ours). The optimum engine runs our int8 file, from a view of the folder with that file at the root
+  (`root_onnx_view`: infinity cannot read ONNX files in `onnx/`), with `--pooling-method mean` (its
+  default there is CLS pooling, whatever the folder's pooling config says);
 - inproc-torch, inproc-onnx-int8: `encode` of all the texts in this process (`batch_size` 32), the
   ceiling a server is measured against (no HTTP, no queue).
 infinity knows no `input_type`, so every system gets the texts with the e5 prompt already in front
@@ -63,10 +65,11 @@ class Server(ServerProcess):
     """A server process on a free port, its log in a file (serve_load's, for any command); `path` is its
     embeddings route, `health` a route that answers 200 once the model is loaded."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path, path: str, health: str, extra: dict):
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, path: str, health: str, extra: dict,
+                 cwd: Path | None = None):
         self.name, self.url, self.path, self.health, self.extra = name, f"http://127.0.0.1:{port}", path, health, extra
         self._spawn(cmd, log, dict(os.environ, TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-                                   INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1"))
+                                   INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1"), cwd)
 
     def wait_ready(self, timeout: float = 600) -> bool:
         import httpx
@@ -101,10 +104,28 @@ def ours(name: str, model: str, port: int, log: Path, device: str, backend: str 
     return Server(name, cmd, port, log, "/v1/embeddings", "/health", {"input_type": "none"})
 
 
-def infinity(name: str, python: Path, model: str, port: int, log: Path, engine: str, device: str) -> Server:
-    cmd = [str(python.with_name("infinity_emb")), "v2", "--model-id", model, "--engine", engine, "--device", device,
+def infinity(name: str, python: Path, model: str, port: int, log: Path, engine: str, device: str,
+             cwd: Path | None = None) -> Server:
+    cmd = [str(python.with_name("infinity_emb").absolute()), "v2", "--model-id", model, "--engine", engine, "--device", device,
            "--port", str(port), "--url-prefix", "/v1", "--batch-size", "32", "--no-model-warmup"]
-    return Server(name, cmd, port, log, "/v1/embeddings", "/v1/models", {})
+    if engine == "optimum":  # its "auto" pooling is CLS there: it does not read 1_Pooling/config.json
+        cmd += ["--pooling-method", "mean"]
+    return Server(name, cmd, port, log, "/v1/embeddings", "/v1/models", {}, cwd)
+
+
+def root_onnx_view(folder: Path, onnx_file: str, view: Path) -> Path:
+    """The folder as infinity's optimum engine can read it: symlinks to its files, with `onnx_file` at the
+    root as `model_quantized.onnx` (infinity prefers a "quantize" name on a CPU). infinity 0.0.78 hands
+    optimum the file's path as globbed from the folder, and optimum 2.1 matches it against bare file
+    names, so a file in `onnx/` (sentence-transformers' place) is never found; a root file is, when
+    the server runs from inside the folder with `--model-id .`."""
+    view.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():
+        if item.name != "onnx" and not (view / item.name).exists():
+            (view / item.name).symlink_to(item.resolve())
+    if not (view / "model_quantized.onnx").exists():
+        (view / "model_quantized.onnx").symlink_to((folder / onnx_file).resolve())
+    return view
 
 
 async def closed_loop(server: Server, reqs: list[Req], concurrency: int, duration: float) -> tuple[float, int, int]:
@@ -221,8 +242,9 @@ def main(argv=None) -> int:
             onnx = {"ours-onnx": onnx_file_name(), "ours-onnx-int8": int8, "ours-onnx-int8-serial": int8}
             server = (ours(name, str(folder), port, log, args.device, "onnx", onnx[name]) if name in onnx else
                       ours(name, str(folder), port, log, args.device) if name.startswith("ours") else
-                      infinity(name, python, str(folder), port, log, "torch" if name == "infinity-torch" else "optimum",
-                               args.device))
+                      infinity(name, python, str(folder), port, log, "torch", args.device) if name == "infinity-torch"
+                      else infinity(name, python, ".", port, log, "optimum", args.device,
+                                    cwd=root_onnx_view(folder, int8, logs / "infinity-onnx-view")))
             try:
                 if not server.wait_ready():
                     notes[name] = f"did not start: {log.read_text(errors='replace')[-600:]!r}"
