@@ -106,8 +106,8 @@ def ours(name: str, model: str, port: int, log: Path, device: str, backend: str 
 
 def infinity(name: str, python: Path, model: str, port: int, log: Path, engine: str, device: str,
              cwd: Path | None = None) -> Server:
-    cmd = [str(python.with_name("infinity_emb").absolute()), "v2", "--model-id", model, "--engine", engine, "--device", device,
-           "--port", str(port), "--url-prefix", "/v1", "--batch-size", "32", "--no-model-warmup"]
+    cmd = [str(python.with_name("infinity_emb").absolute()), "v2", "--model-id", model, "--engine", engine,
+           "--device", device, "--port", str(port), "--url-prefix", "/v1", "--batch-size", "32", "--no-model-warmup"]
     if engine == "optimum":  # its "auto" pooling is CLS there: it does not read 1_Pooling/config.json
         cmd += ["--pooling-method", "mean"]
     return Server(name, cmd, port, log, "/v1/embeddings", "/v1/models", {}, cwd)
@@ -225,6 +225,7 @@ def main(argv=None) -> int:
     rates: dict[str, dict[int, list[float]]] = {s: {c: [] for c in levels} for s in systems}
     agreement, notes = {}, {}
     logs = Path(tempfile.mkdtemp(prefix="serve-peers-"))
+    onnx = {"ours-onnx": onnx_file_name(), "ours-onnx-int8": int8, "ours-onnx-int8-serial": int8}
     for round_ in range(args.repeats):
         for name in systems:
             if name in notes:
@@ -239,7 +240,6 @@ def main(argv=None) -> int:
                 continue
             port = free_port()
             log = logs / f"{name}-{round_}.log"
-            onnx = {"ours-onnx": onnx_file_name(), "ours-onnx-int8": int8, "ours-onnx-int8-serial": int8}
             server = (ours(name, str(folder), port, log, args.device, "onnx", onnx[name]) if name in onnx else
                       ours(name, str(folder), port, log, args.device) if name.startswith("ours") else
                       infinity(name, python, str(folder), port, log, "torch", args.device) if name == "infinity-torch"
