@@ -174,11 +174,11 @@ def st_data(recipe, steps: int):
 
     stage = recipe.stage("finetune")
     tasks = load_tasks(stage.tasks, recipe.data.dir)
-    composer = build_composer(stage.composer, tasks, seed=recipe.seed, grad_accum=1)
+    composer = build_composer(stage.composer_config, tasks, seed=recipe.seed, grad_accum=1)
     plans = []
     for epoch in itertools.count():
         composer.set_epoch(epoch)
-        plans += [plan for [plan] in composer]
+        plans += [plan for [(plan,)] in composer]
         if len(plans) >= steps:
             break
     count = stage.tasks["retrieval"].negatives.count

@@ -141,12 +141,15 @@ def save_embedder(model, path: str | Path) -> Path:
 
 
 def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, device: str | None = None,
-                  backend: str = "torch", onnx_file: str | None = None):
+                  backend: str = "torch", onnx_file: str | None = None, padding_free: bool = True):
     """Load a model folder (ours or any sentence-transformers folder), a shipped model by name
     ('e5-small', prepared on first use) or, with hub access, a hub id.
 
     backend="onnx" runs the folder's ONNX export (`onnx_file`, default onnx/model.onnx; written by
-    `conan-embed export`) in place of the PyTorch transformer (conan_embed.backends)."""
+    `conan-embed export`) in place of the PyTorch transformer (conan_embed.backends).
+
+    padding_free: text batches run packed where the architecture allows it (conan_embed.padding_free;
+    the same embeddings, less work); False keeps padded batches (the server pads to its own buckets)."""
     from sentence_transformers import SentenceTransformer
 
     from conan_embed.assets import resolve_model
@@ -161,6 +164,10 @@ def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, 
         if not Path(path).is_dir():
             raise InputError("the onnx backend needs a local model folder", path=path, field="backend")
         use_onnx(model, path, onnx_file)
+    elif padding_free:
+        from conan_embed.padding_free import enable_padding_free
+
+        enable_padding_free(model)
     conf = Path(path) / CONAN_CONFIG
     dims = json.loads(conf.read_text())["matryoshka_dims"] if conf.is_file() else [model.get_embedding_dimension()]
     model.conan_matryoshka_dims = tuple(dims)

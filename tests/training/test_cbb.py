@@ -21,7 +21,7 @@ from conan_embed.training.distributed import RankRole, cbb_roles
 from conan_embed.training.stage import stage_paths, train_stage
 from conan_embed.training.tasks import load_tasks
 
-WORKER = Path(__file__).with_name("cbb_worker.py")
+WORKER = Path(__file__).with_name("stage_worker.py")
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 EXTENSIONS = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
 

@@ -84,7 +84,8 @@ class Widths(TrainerCallback):
         def spy(texts, prompt=None, **kw):
             out = preprocess(texts, prompt=prompt, **kw)
             if "max_length" in kw:  # training calls (checkpoint saves also encode model-card examples)
-                self.widths.append((prompt, out["input_ids"].shape[1]))
+                # packed (padding-free): the longest text; padded: the batch's width
+                self.widths.append((prompt, out.get("max_length_q") or out["input_ids"].shape[1]))
             return out
         model.preprocess = spy
 

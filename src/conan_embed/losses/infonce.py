@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conan_embed.errors import InputError
-from conan_embed.losses._common import embeddings_2d, positive_finite, same_shape, upcast
+from conan_embed.losses._common import embeddings_2d, positive_finite, upcast
 
 
 class InfoNCEOutput(NamedTuple):
@@ -23,23 +23,35 @@ class InfoNCEOutput(NamedTuple):
 
 
 def info_nce_details(query: Tensor, positive: Tensor, negatives: Tensor | None = None,
-                     temperature: float = 0.05, in_batch: bool = True) -> InfoNCEOutput:
+                     temperature: float = 0.05, in_batch: bool = True, *, offset: int = 0,
+                     valid: Tensor | None = None) -> InfoNCEOutput:
     """`info_nce`, plus each example's positive and mean hard-negative cosine (detached).
 
     The scores come from the same forward pass as the loss, so dynamic hard-negative mining can
     track `S_now` for every example without embedding its negatives again.
+
+    `positive` and `negatives` may hold more rows than `query`: every process's rows, gathered for
+    in-batch negatives across processes. Query i's own positive and negatives are then row
+    `offset + i`, and `valid` ([rows] bool) marks the rows that are real (a process with fewer rows
+    pads its share); the other rows' texts are candidates too.
     """
     temperature = positive_finite(temperature, "temperature")
     embeddings_2d(query, "query")
-    same_shape(embeddings_2d(positive, "positive"), "positive", query, "query")
+    embeddings_2d(positive, "positive")
     batch, dim = query.shape
+    rows = positive.shape[0]
+    if positive.shape[1] != dim or not 0 <= offset <= rows - batch:
+        raise InputError(f"positive must be [R, D] with D={dim} and R >= offset + B = {offset + batch}, got "
+                         f"{tuple(positive.shape)} (offset {offset})", field="positive")
     if negatives is not None and not (
         isinstance(negatives, Tensor) and negatives.is_floating_point() and negatives.ndim == 3
-        and negatives.shape[0] == batch and negatives.shape[1] > 0 and negatives.shape[2] == dim
+        and negatives.shape[0] == rows and negatives.shape[1] > 0 and negatives.shape[2] == dim
     ):
         got = tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__
-        raise InputError(f"negatives must be [B, K, D] with B={batch}, K>=1 and D={dim} matching query, "
+        raise InputError(f"negatives must be [B, K, D] with B={rows}, K>=1 and D={dim} matching positive, "
                          f"got {got}", field="negatives")
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != (rows,)):
+        raise InputError(f"valid must be a bool [{rows}] tensor, got {valid.dtype} {tuple(valid.shape)}", field="valid")
     if negatives is None and not in_batch:
         # the only candidate would be the positive itself: the loss is exactly 0 and nothing trains
         raise InputError("in_batch=False needs negatives (with no candidates besides the positive "
@@ -47,12 +59,16 @@ def info_nce_details(query: Tensor, positive: Tensor, negatives: Tensor | None =
 
     q, p = F.normalize(query, dim=-1), F.normalize(positive, dim=-1)
     n = None if negatives is None else F.normalize(negatives, dim=-1)
-    positive_cos = upcast((q * p).sum(-1))
-    own_negative_cos = None if n is None else upcast(torch.einsum("bd,bkd->bk", q, n))
+    own = slice(offset, offset + batch)
+    positive_cos = upcast((q * p[own]).sum(-1))
+    own_negative_cos = None if n is None else upcast(torch.einsum("bd,bkd->bk", q, n[own]))
     if in_batch:
         candidates = p if n is None else torch.cat([p, n.reshape(-1, dim)])
-        logits = upcast(q @ candidates.T) / temperature  # [B, B + B*K]; column i is query i's positive
-        target = torch.arange(batch, device=query.device)
+        logits = upcast(q @ candidates.T) / temperature  # [B, R + R*K]; column offset + i is query i's positive
+        if valid is not None and not bool(valid.all()):
+            keep = valid if n is None else torch.cat([valid, valid.repeat_interleave(n.shape[1])])
+            logits = logits.masked_fill(~keep, -torch.inf)
+        target = torch.arange(offset, offset + batch, device=query.device)
     else:
         logits = torch.cat([positive_cos[:, None], own_negative_cos], dim=1) / temperature
         target = torch.zeros(batch, dtype=torch.long, device=query.device)
@@ -95,6 +111,10 @@ class InfoNCELoss(nn.Module):
     ``forward`` returns the scalar loss; ``details`` also returns the detached per-example
     positive and mean hard-negative cosines (`InfoNCEOutput`) for dynamic hard-negative mining.
 
+    In-batch negatives across processes: give ``details`` every process's positives and negatives
+    (gathered, ``[R, D]`` and ``[R, K, D]``) with ``offset`` (where this process's rows start) and
+    ``valid`` (real rows); the candidates are then all R rows' texts.
+
     Example::
 
         >>> import torch
@@ -114,8 +134,10 @@ class InfoNCELoss(nn.Module):
     def forward(self, query: Tensor, positive: Tensor, negatives: Tensor | None = None) -> Tensor:
         return self.details(query, positive, negatives).loss
 
-    def details(self, query: Tensor, positive: Tensor, negatives: Tensor | None = None) -> InfoNCEOutput:
-        return info_nce_details(query, positive, negatives, self.temperature, self.in_batch)
+    def details(self, query: Tensor, positive: Tensor, negatives: Tensor | None = None, *, offset: int = 0,
+                valid: Tensor | None = None) -> InfoNCEOutput:
+        return info_nce_details(query, positive, negatives, self.temperature, self.in_batch, offset=offset,
+                                valid=valid)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, in_batch={self.in_batch}"

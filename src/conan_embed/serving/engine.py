@@ -65,7 +65,8 @@ class EmbeddingEngine:
         """Blocking: load the model (the server answers 503 until this returns)."""
         from conan_embed.modeling import load_embedder
 
-        model = load_embedder(self.model_path, device=self.device, backend=self.backend, onnx_file=self.onnx_file)
+        model = load_embedder(self.model_path, device=self.device, backend=self.backend, onnx_file=self.onnx_file,
+                              padding_free=False)  # batches are padded to buckets here
         model.eval()
         full = model.get_embedding_dimension()
         self.dims = tuple(sorted({d for d in getattr(model, "conan_matryoshka_dims", ()) if d <= full} | {full}))

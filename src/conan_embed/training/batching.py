@@ -8,7 +8,8 @@ order. A composer must be deterministic in ``(seed, epoch)``: resuming re-walks 
 the batches already trained.
 
 - ``SequentialTasks``: the paper's vanilla multi-task baseline. Tasks take turns step by step, one task
-  per optimizer step (every process and micro-batch of a step trains that task).
+  per optimizer step (every process and micro-batch of a step trains that task). A task with in-batch
+  negatives across processes gets global batches of W · batch_size rows, split in rank order.
 - ``CrossGPUBatchBalance``: every step holds every task (Conan-Embedding §3.3). Retrieval ranks get the
   same rows and different shares of their hard negatives; STS ranks get STS batches (`cbb_roles`).
 """
@@ -18,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-from conan_embed.training.config import ComposerConfig
-from conan_embed.training.distributed import cbb_roles
+from conan_embed.training.config import ComposerConfig, in_batch_scope
+from conan_embed.training.distributed import cbb_roles, split_global_batch
 from conan_embed.training.tasks import StepPlan, TrainingTask
 
 
@@ -55,13 +56,28 @@ class BatchComposer(Sampler):
         self.world_size = world_size
         self.config = config or ComposerConfig(name=self.name)
 
+    def global_batch(self, task: TrainingTask) -> bool:
+        """Whether the task's in-batch negatives span every process: its batches are then formed (and
+        deduplicated) W at a time and shared out, so W processes see one process's W-times batch."""
+        return self.world_size > 1 and in_batch_scope(task.config, self.config.name) == "global"
+
+    def batch_count(self, task: TrainingTask) -> int:
+        """Batches (one per process and micro-batch) the task's rows give each epoch."""
+        if self.global_batch(task):
+            return len(task) // (task.config.batch_size * self.world_size) * self.world_size
+        return len(task) // task.config.batch_size
+
     def _batches(self) -> dict[str, list[tuple[int, ...]]]:
         """Each task's batches of this epoch: a fresh permutation of its rows, seeded by seed + epoch."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         batches = {}
         for name, task in self.tasks.items():
             order = torch.randperm(len(task), generator=generator).tolist()
-            batches[name] = deduplicated_batches(task, order, task.config.batch_size)
+            if self.global_batch(task):
+                batches[name] = [part for rows in deduplicated_batches(task, order, task.config.batch_size * self.world_size)
+                                 for part in split_global_batch(rows, self.world_size)]
+            else:
+                batches[name] = deduplicated_batches(task, order, task.config.batch_size)
         return batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,7 +95,7 @@ class SequentialTasks(BatchComposer):
     name = "sequential"
 
     def _steps_per_task(self) -> int:
-        return min(len(t) // t.config.batch_size for t in self.tasks.values()) // self.plans_per_step
+        return min(self.batch_count(t) for t in self.tasks.values()) // self.plans_per_step
 
     def __len__(self) -> int:
         return self._steps_per_task() * self.plans_per_step * len(self.tasks)

@@ -71,7 +71,9 @@ def _added_settings() -> dict:
     fingerprint without such a key was trained that way, so resuming it is no change."""
     from conan_embed.training.config import MiningConfig
 
-    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig()), "max_length": {}}
+    # padding_free: the packed forward computes what the padded one did (up to float rounding)
+    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig()), "max_length": {},
+            "mini_batch_size": None, "padding_free": True}
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -31,9 +31,26 @@ class LossConfig:
     temperature: float = 0.05  # InfoNCE; the paper gives none (FlagEmbedding uses 0.02)
     scale: float = 20.0  # CoSENT
     weight: float = 1.0  # multiplies the task's loss
-    # retrieval: other queries' positives and negatives count as negatives too. Off for classification
-    # as retrieval: a batch holds many texts of the query's own class, which are not negatives.
-    in_batch: bool = True
+    # pairs / retrieval: other rows' positives and negatives count as negatives too. false: off (for
+    # classification as retrieval: a batch holds many texts of the query's own class, which are not
+    # negatives). "local": this process's rows; "global": every process's rows (gathered with gradients:
+    # N processes train as one with N times the batch); true: global, except with cbb (whose retrieval
+    # ranks share their rows: local). One process: local and global are the same.
+    in_batch: bool | Literal["local", "global"] = True
+    # GradCache: embed the batch this many texts at a time without gradients, then replay each mini-batch
+    # with them (training.gradcache): the loss and gradients of the whole batch at one mini-batch's memory,
+    # for about a third more compute. None: the whole batch at once.
+    mini_batch_size: int | None = None
+
+
+def in_batch_scope(task: "TaskConfig", composer: str) -> Literal["none", "local", "global"]:
+    """Which rows a task's in-batch negatives come from: none, this process's, or every process's."""
+    value = task.loss.in_batch
+    if value is False or task.kind == "sts":
+        return "none"
+    if value is True:
+        return "local" if composer == "cbb" else "global"
+    return value
 
 
 @dataclass
@@ -114,6 +131,9 @@ class StageConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     grad_accum: int = 1
     activation_checkpointing: bool = False
+    # texts run packed, without padding, where the model allows it (conan_embed.padding_free): the same
+    # embeddings and gradients for less work; false: padded batches
+    padding_free: bool = True
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: str | None = None  # a DeepSpeed JSON config, relative to the recipe file
@@ -270,6 +290,12 @@ def _validate(recipe: Recipe) -> None:
             _positive(task.negatives.skip_top, f"{t}.negatives.skip_top", src, allow_zero=True)
             _positive(task.loss.temperature, f"{t}.loss.temperature", src)
             _positive(task.loss.weight, f"{t}.loss.weight", src)
+            if task.loss.mini_batch_size is not None:
+                _positive(task.loss.mini_batch_size, f"{t}.loss.mini_batch_size", src)
+            if task.loss.in_batch == "global" and stage.composer_config.name == "cbb":
+                raise InputError(f"{t}.loss.in_batch: 'global' does not combine with the cbb composer, whose "
+                                 f"retrieval ranks hold the same rows (their negatives are already shared); use "
+                                 f"true or 'local'", path=src, field=f"{t}.loss.in_batch")
             expected = "cosent" if task.kind == "sts" else "infonce"
             if task.loss.name != expected:
                 raise InputError(f"{t}.loss.name: a {task.kind} task trains with {expected!r}, got "

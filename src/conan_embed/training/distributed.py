@@ -4,6 +4,8 @@
   saw, everyone receives everything in rank order and applies it the same way.
 - Cross-GPU batch balance: each rank's role (`cbb_roles`), and the gather that keeps gradients
   (`gather_with_grad`) which brings every retrieval rank's negatives to every query.
+- In-batch negatives across processes: the same gather over rows padded to one size (`pad_rows`), and
+  each process's share of a global batch (`split_global_batch`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,20 @@ RankRole(negative_shares=(2,), sts_batches=()), RankRole(negative_shares=(), sts
     return [RankRole((r,), ()) for r in range(n)] + [RankRole((), (j,)) for j in range(sts_ranks)]
 
 
+def pad_rows(tensor: Tensor, rows: int, dim: int = 0) -> Tensor:
+    """`tensor` with zeros appended along `dim` up to `rows` (gathers need the same shape everywhere)."""
+    import torch
+
+    missing = rows - tensor.shape[dim]
+    if missing < 0:
+        raise ValueError(f"{tensor.shape[dim]} rows do not fit in {rows}")
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim)
+
+
 def gather_with_grad(local: Tensor, group=None) -> Tensor:
     """Every process's `local` (same shape everywhere), stacked in rank order; gradients flow back to
     each process's own part (the backward sums what every process's loss asked of it)."""
@@ -93,3 +109,43 @@ def gather_with_grad(local: Tensor, group=None) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.stack(all_gather(local.contiguous(), group=group))
+
+
+def gather_rows(positive: Tensor, negatives: Tensor | None, width: int, group=None):
+    """In-batch negatives across processes: every process's positives [W·width, D] and negatives
+    [W·width, K, D], in rank order and with gradients (rows padded to `width`); where this process's rows
+    start (`offset`); which rows are real (`valid`); and the scale that makes the processes' losses,
+    averaged as DDP averages gradients, equal one process's mean loss over all rows:
+    W · (rows here) / (rows everywhere), 1 when every process has `width` rows.
+
+    Returns (positive, negatives, offset, valid, scale)."""
+    import torch
+    import torch.distributed as dist
+
+    rows = positive.shape[0]
+    valid = (torch.arange(width, device=positive.device) < rows).float()
+    valid = gather_with_grad(valid, group=group)  # [W, width]
+    world, rank = valid.shape[0], dist.get_rank(group)
+    positive = gather_with_grad(pad_rows(positive.float(), width), group=group).flatten(0, 1)
+    if negatives is not None:
+        negatives = gather_with_grad(pad_rows(negatives.float(), width), group=group).flatten(0, 1)
+    valid = valid.flatten().bool()
+    return positive, negatives, rank * width, valid, world * rows / int(valid.sum())
+
+
+def split_global_batch(rows: tuple[int, ...], world: int) -> list[tuple[int, ...]]:
+    """A global batch's rows shared out over `world` processes in rank order, consecutively, sizes
+    differing by at most one (a batch that lost duplicate rows is not a multiple of `world`). Rank k's
+    rows are then the k-th block of the one-process batch, so gathering every rank's rows in rank order
+    gives back the one-process batch in its order.
+
+    >>> split_global_batch((5, 1, 4, 2, 3), 2)
+    [(5, 1, 4), (2, 3)]
+    """
+    size, extra = divmod(len(rows), world)
+    out, start = [], 0
+    for rank in range(world):
+        end = start + size + (rank < extra)
+        out.append(tuple(rows[start:end]))
+        start = end
+    return out

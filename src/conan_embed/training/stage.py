@@ -104,8 +104,12 @@ def build_stage_model(recipe: Recipe, name: str):
         model = build_embedder(path, pooling=cfg.pooling, out_dim=cfg.out_dim, max_seq_length=_base_max_length(path),
                                dims=cfg.matryoshka_dims, prompts=prompts, seed=recipe.seed)
     else:
-        model = load_embedder(path)
+        model = load_embedder(path, padding_free=False)
         model.conan_matryoshka_dims = matryoshka_dims(model.get_embedding_dimension(), cfg.matryoshka_dims)
+    if stage.padding_free:
+        from conan_embed.padding_free import enable_padding_free
+
+        enable_padding_free(model)
     return model, path
 
 
@@ -189,6 +193,41 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def build_trainer(recipe: Recipe, name: str, *, tasks=None, show_progress: bool = False, stop_after: int | None = None,
+                  checkpoint_info: dict | None = None, callbacks=()) -> ConanTrainer:
+    """The stage's trainer, ready to `train()` (seeded model, arguments, composer, callbacks, miner);
+    `train_stage` runs it. Tests and benchmarks call its `training_step` directly."""
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    stage, paths = recipe.stage(name), stage_paths(recipe, name)
+    if tasks is None:
+        tasks = load_tasks(stage.tasks, recipe.data.dir, key=f"stages.{name}.tasks")
+    set_seed(recipe.seed)
+    model, _ = build_stage_model(recipe, name)
+    args = training_arguments(recipe, stage, paths)
+    composer = build_composer(stage.composer_config, tasks, seed=recipe.seed, grad_accum=stage.grad_accum,
+                              world_size=args.world_size)
+    all_callbacks = [TrainingMonitor(paths.log, paths.root / "loss.png", title=f"{recipe.name}: {name}",
+                                     show_progress=show_progress), SaveFinalCheckpoint()]
+    if stage.log.tensorboard and launched_rank_and_world()[0] == 0:
+        from tensorboardX import SummaryWriter
+
+        all_callbacks.append(TensorBoardCallback(SummaryWriter(str(paths.root / "tensorboard"))))
+    if stop_after is not None:
+        all_callbacks.append(StopAfterStep(stop_after))
+    miner = None
+    if stage.mining.mode == "dynamic":
+        from conan_embed.mining.dynamic import DynamicHardNegativeMiner
+
+        miner = DynamicHardNegativeMiner(tasks, stage.mining, log_path=paths.log, key=f"stages.{name}.mining",
+                                         source=recipe.source)
+    return ConanTrainer(
+        model=model, args=args, loss=ConanLoss(model, model.conan_matryoshka_dims, tasks, stage.composer_config),
+        tasks=tasks, composer=composer, max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}),
+        negatives=miner, checkpoint_info=checkpoint_info, callbacks=all_callbacks + list(callbacks))
+
+
 def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: bool = False,
                 stop_after: int | None = None, show_progress: bool = True, callbacks=()) -> dict:
     """Train stage `name` of `recipe`; returns its summary (also written to <stage>/stage.json).
@@ -220,35 +259,10 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         paths.root.mkdir(parents=True, exist_ok=True)
         truncate_log(paths.log, int(checkpoint.name.split("-")[1]) if checkpoint else 0)
 
-    from transformers import set_seed
-    from transformers.integrations import TensorBoardCallback
-
     with _quiet_transformers():
-        set_seed(recipe.seed)
-        model, init_path = build_stage_model(recipe, name)
-        args = training_arguments(recipe, stage, paths)
-        composer = build_composer(stage.composer_config, tasks, seed=recipe.seed, grad_accum=stage.grad_accum,
-                                  world_size=args.world_size)
-        all_callbacks = [TrainingMonitor(paths.log, paths.root / "loss.png", title=f"{recipe.name}: {name}",
-                                         show_progress=show_progress), SaveFinalCheckpoint()]
-        if stage.log.tensorboard and main:
-            from tensorboardX import SummaryWriter
-
-            all_callbacks.append(TensorBoardCallback(SummaryWriter(str(paths.root / "tensorboard"))))
-        if stop_after is not None:
-            all_callbacks.append(StopAfterStep(stop_after))
-        miner = None
-        if stage.mining.mode == "dynamic":
-            from conan_embed.mining.dynamic import DynamicHardNegativeMiner
-
-            miner = DynamicHardNegativeMiner(tasks, stage.mining, log_path=paths.log, key=f"stages.{name}.mining",
-                                             source=recipe.source)
-        trainer = ConanTrainer(
-            model=model, args=args,
-            loss=ConanLoss(model, model.conan_matryoshka_dims, tasks, stage.composer_config), tasks=tasks,
-            composer=composer,
-            max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}), negatives=miner,
-            checkpoint_info={"fingerprint": fingerprint}, callbacks=all_callbacks + list(callbacks))
+        trainer = build_trainer(recipe, name, tasks=tasks, show_progress=show_progress, stop_after=stop_after,
+                                checkpoint_info={"fingerprint": fingerprint}, callbacks=callbacks)
+        model, miner = trainer.model, trainer.negatives
         start = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - start

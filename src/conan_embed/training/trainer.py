@@ -10,7 +10,10 @@ and RNG state, exact skip-ahead on resume). What we replace (docs/design-trainin
   field with its own length cap and prompt, embeds, and calls each task's loss module from losses/
   (`task_loss_module`; with cbb, every retrieval rank's negatives are gathered first);
 - every micro-batch leaves a `StepRecord` (ids, per-example positive and hard-negative cosines, loss)
-  for callbacks: hard-negative mining reads them without a second forward pass.
+  for callbacks: hard-negative mining reads them without a second forward pass;
+- a task whose loss sets `mini_batch_size` embeds through GradCache (`training.gradcache`), and a task
+  with in-batch negatives across processes (`in_batch_scope` "global") gathers every process's
+  positives and negatives before its loss (`gather_rows`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
 from conan_embed.training.checkpoint import load_checkpoint_extras, save_checkpoint_extras
 from conan_embed.training.config import ComposerConfig
-from conan_embed.training.distributed import gather_with_grad
+from conan_embed.training.config import in_batch_scope
+from conan_embed.training.distributed import gather_rows, gather_with_grad, pad_rows
+from conan_embed.training.gradcache import CachedEmbeddings
 from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
 
 
@@ -65,12 +70,13 @@ def task_loss_module(task: TrainingTask, dims, composer: ComposerConfig) -> Matr
     """A task's loss, from losses/, wrapped in Matryoshka: CoSENT for STS; InfoNCE for pairs and
     retrieval, or the cross-GPU batch balance loss's retrieval term when the stage composes with cbb."""
     cfg = task.config.loss
+    in_batch = in_batch_scope(task.config, composer.name) != "none"
     if task.kind == "sts":
         inner = CoSENTLoss(cfg.scale)
     elif composer.name == "cbb":
-        inner = CBBLoss(cfg.temperature, beta=composer.beta, in_batch=cfg.in_batch)
+        inner = CBBLoss(cfg.temperature, beta=composer.beta, in_batch=in_batch)
     else:
-        inner = InfoNCELoss(cfg.temperature, in_batch=cfg.in_batch)
+        inner = InfoNCELoss(cfg.temperature, in_batch=in_batch)
     return MatryoshkaLoss(inner, sorted(dims))
 
 
@@ -136,13 +142,30 @@ class ConanTrainer(SentenceTransformerTrainer):
         self._train_dataloader = self.accelerator.prepare(loader)
         return self._train_dataloader
 
-    def embed(self, model, texts: list[str], field: str, task: TrainingTask | None = None) -> Tensor:
+    def embed(self, model, texts: list[str], field: str, task: TrainingTask | None = None,
+              cache: CachedEmbeddings | None = None) -> Tensor:
         """`texts` of one field ("query" or "passage") through `model`, capped as the stage says or as
-        `task` overrides it (e.g. long classification passages, whose label shows in the first tokens)."""
+        `task` overrides it (e.g. long classification passages, whose label shows in the first tokens).
+        With a GradCache `cache`: embedded in its mini-batches without gradients (`gradcache`)."""
+        if cache is not None:
+            return cache.embed(texts, model, field, task)
+        return self._forward_texts(texts, model, field, task)
+
+    def _forward_texts(self, texts: list[str], model, field: str, task: TrainingTask | None = None) -> Tensor:
         caps = {**self.max_length, **task.config.max_length} if task is not None else self.max_length
         features = self.model.preprocess(texts, prompt=self.field_prompts.get(field), max_length=caps[field])
         features = {k: v.to(self.args.device) if isinstance(v, Tensor) else v for k, v in features.items()}
         return model(features)["sentence_embedding"]
+
+    def cached(self, task: TrainingTask) -> bool:
+        return task.config.loss.mini_batch_size is not None
+
+    def grad_cache(self, model, task: TrainingTask) -> CachedEmbeddings | None:
+        """A GradCache for this task's micro-batch, when its loss sets `mini_batch_size` and gradients are on."""
+        if not self.cached(task) or not torch.is_grad_enabled():
+            return None
+        return CachedEmbeddings(self._forward_texts, task.config.loss.mini_batch_size, model=model,
+                                device_type=self.args.device.type)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """With one process playing every CBB rank, one backward per task: the gradients add up to those of
@@ -150,11 +173,31 @@ class ConanTrainer(SentenceTransformerTrainer):
         memory, and faster on CPUs). Several processes (DDP all-reduces on every backward) and DeepSpeed
         (which counts backward calls as micro-batches) take the whole micro-batch in one backward."""
         parts = inputs["plan"]
+        if self._ddp_with_cache(model):
+            return self._training_step_synced_once(model, inputs, num_items_in_batch)
         if (self.loss.composer.name != "cbb" or len(parts) == 1 or len(self.composer.roles) > 1
                 or self.is_deepspeed_enabled):
             return super().training_step(model, inputs, num_items_in_batch)
         return sum(super(ConanTrainer, self).training_step(model, {"plan": (plan,)}, num_items_in_batch)
                    for plan in parts)
+
+    def _ddp_with_cache(self, model) -> bool:
+        return (isinstance(model, torch.nn.parallel.DistributedDataParallel)
+                and any(self.cached(t) for t in self.tasks.values()))
+
+    def _training_step_synced_once(self, model, inputs, num_items_in_batch):
+        """DDP with cached losses: the GradCache replays are backward passes of their own, inside the
+        trainer's backward. All of them run in `no_sync`, then one pass with a zero gradient makes DDP
+        all-reduce what they accumulated: the same number of all-reduces on every rank, whatever each
+        rank's tasks and mini-batch counts."""
+        sync = model.require_backward_grad_sync
+        with model.no_sync():
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if sync:
+            with self.compute_loss_context_manager():
+                probe = self.embed(model, ["."], "query")
+            self.accelerator.backward(probe.sum() * 0.0)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts: tuple[StepPlan, ...] = inputs["plan"]
@@ -171,16 +214,17 @@ class ConanTrainer(SentenceTransformerTrainer):
         negatives = self.negatives.lookup(plan.task, plan.rows) if self.negatives is not None else None
         return task, task.texts(plan, negatives)
 
-    def encode_batch(self, model, task: TrainingTask, batch: TaskBatch) -> dict[str, Tensor]:
+    def encode_batch(self, model, task: TrainingTask, batch: TaskBatch,
+                     cache: CachedEmbeddings | None = None) -> dict[str, Tensor]:
         n = len(batch.queries)
         if task.kind == "sts":
             # one encoder pass for both sides (same prompt and cap): half the embedding-table gradients
-            both = self.embed(model, batch.queries + batch.passages, "query", task)
+            both = self.embed(model, batch.queries + batch.passages, "query", task, cache)
             return {"sts_a": both[:n], "sts_b": both[n:], "labels": torch.tensor(batch.labels, device=both.device)}
-        q = self.embed(model, batch.queries, "query", task)
+        q = self.embed(model, batch.queries, "query", task, cache)
         # positives and hard negatives share the passage prompt and cap: one pass, as MNRL does
         flat = [text for row in batch.negatives for text in row] if batch.negatives is not None else []
-        docs = self.embed(model, batch.passages + flat, "passage", task)
+        docs = self.embed(model, batch.passages + flat, "passage", task, cache)
         return {"query": q, "positive": docs[:n],
                 "negatives": docs[n:].reshape(n, -1, q.shape[-1]) if flat else None}
 
@@ -195,14 +239,37 @@ class ConanTrainer(SentenceTransformerTrainer):
     def plan_loss(self, model, plan: StepPlan) -> Tensor:
         """One task's micro-batch: a sequential step, or one STS batch of a CBB step."""
         task, batch = self.plan_texts(plan)
-        emb, loss_fn = self.encode_batch(model, task, batch), self.loss.task_losses[task.name]
+        cache = self.grad_cache(model, task)
+        emb, loss_fn = self.encode_batch(model, task, batch, cache), self.loss.task_losses[task.name]
+        scale = 1.0
         if task.kind == "sts":
             out = loss_fn.details(emb["sts_a"], emb["sts_b"], emb["labels"])
+        elif self.global_in_batch(task):
+            positive, negatives, offset, valid, scale = self.gather_rows(task, emb["positive"], emb["negatives"])
+            out = loss_fn.details(emb["query"], positive, negatives, offset=offset, valid=valid)
         else:
             out = loss_fn.details(emb["query"], emb["positive"], emb["negatives"])
         loss = task.config.loss.weight * out.loss
         self.record(task, plan, batch, loss, out)
-        return loss
+        loss = scale * loss
+        return cache.attach(loss) if cache is not None else loss
+
+    def global_in_batch(self, task: TrainingTask) -> bool:
+        return (self.composer.world_size > 1 and task.kind != "sts"
+                and in_batch_scope(task.config, self.loss.composer.name) == "global")
+
+    def gather_rows(self, task: TrainingTask, positive: Tensor, negatives: Tensor | None):
+        return gather_rows(positive, negatives, task.config.batch_size, group=self.gather_group)
+
+    @property
+    def gather_group(self):
+        """A process group of its own for the loss's gathers: DDP's gradient all-reduce runs on the default
+        one, in an order that differs between ranks whose steps differ (CBB's retrieval and STS ranks)."""
+        import torch.distributed as dist
+
+        if getattr(self, "_gather_group", None) is None:
+            self._gather_group = dist.new_group()
+        return self._gather_group
 
     def balanced_loss(self, model, parts: tuple[StepPlan, ...]) -> Tensor:
         """A cross-GPU batch balance micro-batch on this process (docs/cbb.md):
@@ -224,36 +291,36 @@ class ConanTrainer(SentenceTransformerTrainer):
         for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
             if task.name not in mine:
                 if world > 1:  # an STS rank: its zeros join the gather, so every process runs the same collectives
-                    total = total + 0.0 * self.gather_shares(None, task).sum()
+                    placeholder = 0.0 * self.gather_shares(None, task).sum()
+                    if self.cached(task):  # the retrieval ranks back-propagate through this gather now
+                        placeholder.backward()
+                        placeholder = placeholder.detach()
+                    total = total + placeholder
                 continue
             plan = mine[task.name]
             _, batch = self.plan_texts(plan)
-            emb = self.encode_batch(model, task, batch)
+            cache = self.grad_cache(model, task)
+            emb = self.encode_batch(model, task, batch, cache)
             b, dim = emb["query"].shape
             # [B, L·K, D] (share-major per row) -> [L, B, K, D]
             local = emb["negatives"].reshape(b, len(plan.shares), -1, dim).transpose(0, 1)
             negatives = local if world == 1 else self.gather_shares(local, task)[:, :b]
             out = self.loss.task_losses[task.name].details(emb["query"], emb["positive"], negatives)
             loss = task.config.loss.weight * out.loss
-            total = total + retrieval_scale * loss
             self.record(task, plan, batch, loss, out)
+            total = total + retrieval_scale * (cache.attach(loss) if cache is not None else loss)
         return total
 
     def gather_shares(self, local: Tensor | None, task: TrainingTask) -> Tensor:
         """[N, batch_size, K, D]: every retrieval rank's share of its rows' negatives, with gradients, on
-        a process group of its own (DDP's gradient all-reduce runs on the default one, in an order that
-        differs between retrieval and STS ranks). Rows are padded to the task's batch size."""
-        import torch.distributed as dist
-
+        `gather_group`. Rows are padded to the task's batch size."""
         shape = (1, task.config.batch_size, task.config.negatives.count // self.composer.shares,
                  self.model.get_embedding_dimension())
         if local is None:
             padded = torch.zeros(shape, device=self.args.device, requires_grad=True)
         else:
-            padded = torch.cat([local.float(), local.new_zeros((1, shape[1] - local.shape[1], *shape[2:])).float()], 1)
-        if getattr(self, "_gather_group", None) is None:
-            self._gather_group = dist.new_group()
-        gathered = gather_with_grad(padded, group=self._gather_group)  # [W, 1, B, K, D]
+            padded = pad_rows(local.float(), shape[1], dim=1)
+        gathered = gather_with_grad(padded, group=self.gather_group)  # [W, 1, B, K, D]
         return gathered[: self.composer.shares, 0]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

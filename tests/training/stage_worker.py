@@ -1,5 +1,6 @@
-"""Run by test_cbb.py as a script: one fine-tune stage on W spawned gloo processes, the way torchrun
-would start them (RANK / WORLD_SIZE / MASTER_* in the environment; Hugging Face sets up the group)."""
+"""Run by test_cbb.py and test_global_negatives.py as a script: one fine-tune stage on W spawned gloo
+processes, the way torchrun would start them (RANK / WORLD_SIZE / MASTER_* in the environment; Hugging
+Face sets up the group)."""
 
 from __future__ import annotations
 
