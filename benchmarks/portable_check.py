@@ -9,6 +9,10 @@ registry; afterwards it runs offline) and reused.
 
     .venv/bin/python benchmarks/portable_check.py runs/quickstart/model
     .venv/bin/python benchmarks/portable_check.py MODEL --stack "sentence-transformers==5.1.2 transformers==4.57.6"
+    .venv/bin/python benchmarks/portable_check.py MODEL --python .venv/bin/python   # smoke run: no registry
+
+`--python` loads the folder with that interpreter's stack as it is, instead of building --stack's
+environment (our own interpreter compares the stack with itself: the script's plumbing, offline).
 
 Last line: RESULT portable_check stack=<...> texts=<n> max_abs_diff=<...> min_cosine=<...> ok=<true|false>;
 exits 1 when the folder does not load there or a vector differs by more than --tolerance.
@@ -84,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--stack", default=DEFAULT_STACK, help="pip requirements of the old stack (default: %(default)s)")
     p.add_argument("--torch", default="torch==2.13.0", help="torch requirement, installed first (default: %(default)s)")
     p.add_argument("--venvs", default="runs/portable-check", help="where the environments go (default: %(default)s)")
+    p.add_argument("--python", help="the old side's interpreter, used as it is: no environment is built "
+                   "(default: --stack's environment under --venvs)")
     p.add_argument("--texts", type=int, default=48, help="questions and answers each (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| per coordinate (default: %(default)s)")
     args = p.parse_args(argv)
@@ -91,7 +97,8 @@ def main(argv=None) -> int:
     from conan_embed.modeling import load_embedder
 
     folder = Path(args.model).resolve()
-    python = build_venv(Path(args.venvs), f"{args.stack} numpy<3", args.torch)
+    python = Path(args.python) if args.python else build_venv(Path(args.venvs), f"{args.stack} numpy<3", args.torch)
+    stack = f"python:{args.python}" if args.python else args.stack
     texts = sample_texts(args.texts)
     ours = load_embedder(folder, device="cpu")
     dim = min(ours.conan_matryoshka_dims)
@@ -103,7 +110,7 @@ def main(argv=None) -> int:
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if done.returncode != 0:
             print(done.stderr[-4000:])
-            print(f"RESULT portable_check stack=\"{args.stack}\" loads=false ok=false")
+            print(f"RESULT portable_check stack=\"{stack}\" loads=false ok=false")
             return 1
         info = json.loads(done.stdout.strip().splitlines()[-1])
         theirs = dict(np.load(f"{tmp}/out.npz"))
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
         print(f"  {kind:12s} {len(a):4d} x {a.shape[1]:4d}: max |diff| {diff:.2e}, min cosine {cos:.6f} "
               f"(text {at}: {source[at][:30]!r})")
     ok = worst <= args.tolerance and info["max_seq_length"] == ours.max_seq_length
-    print(f"RESULT portable_check stack=\"{args.stack}\" texts={sum(len(v) for v in mine.values())} "
+    print(f"RESULT portable_check stack=\"{stack}\" texts={sum(len(v) for v in mine.values())} "
           f"max_abs_diff={worst:.2e} min_cosine={cosine:.6f} ok={str(ok).lower()}")
     return 0 if ok else 1
 

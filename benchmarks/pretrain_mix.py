@@ -6,9 +6,11 @@ split's Retrieval and guard tasks at the full dim and 256, against the base.
     python benchmarks/pretrain_mix.py --output runs/var \\
         --variant proportional= --variant lr2e-5=stages.pretrain.optim.lr=2e-5 \\
         --variant equal=curate.stages.sample.shares=equal
+    python benchmarks/pretrain_mix.py --recipe TINY.yaml --output OUT --variant equal= --size tiny   # smoke run
 
 Each variant gets its own data dir (a different curation) under OUTPUT/<name>. Prints one row per model
-and `RESULT pretrain_mix <name>=<headline guard change at full dim> ...`.
+and `RESULT pretrain_mix <name>=<headline guard change at full dim> ...`. `--size tiny` (smoke runs: a tiny
+recipe, seconds) scores the suite's tiny size, a few dozen items per task, instead of the quick one.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from conan_embed.training.stage import stage_paths, train_stage
 DIMS = (None, 256)
 
 
-def scores(path: str) -> dict:
+def scores(path: str, size: str = "quick") -> dict:
     model, cache, out = load_embedder(path), {}, {}
     for dim in DIMS:
-        r = run_suite(model, size="quick", dim=dim, tasks="Retrieval", guard=True, split="valid", precision="bf16",
+        r = run_suite(model, size=size, dim=dim, tasks="Retrieval", guard=True, split="valid", precision="bf16",
                       embedding_cache=cache)
         out[dim] = {"Retrieval": r["categories"]["Retrieval"],
                     **{name: e["main_score"] for name, e in r["guard"].items()}}
@@ -39,11 +41,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="recipes/quickstart.yaml")
     ap.add_argument("--output", default="runs/var")
+    ap.add_argument("--size", default="quick", choices=("quick", "tiny"), help="suite size (default: %(default)s)")
     ap.add_argument("--variant", action="append", required=True, metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                     help="a name and its recipe overrides (comma-separated; empty for the recipe as it is)")
     args = ap.parse_args(argv)
     recipe = load_recipe(args.recipe, [])
-    results = {"base": scores(resolve_model(recipe.model.base))}
+    results = {"base": scores(resolve_model(recipe.model.base), args.size)}
     for spec in args.variant:
         name, _, sets = spec.partition("=")
         run = load_recipe(args.recipe, [f"output_dir={args.output}/{name}", f"data.dir={args.output}/{name}/data",
@@ -51,7 +54,7 @@ def main(argv=None) -> None:
         prepare_data(run)
         curate_data(run, overwrite=False, show_progress=False)
         train_stage(run, "pretrain", resume=True, overwrite=False, stop_after=None)
-        results[name] = scores(str(stage_paths(run, "pretrain").model))
+        results[name] = scores(str(stage_paths(run, "pretrain").model), args.size)
     columns = list(results["base"][None])
     print("| model | " + " | ".join(f"{c} ({d or 'full'})" for d in DIMS for c in columns) + " |")
     print("|---|" + "---|" * (len(columns) * len(DIMS)))

@@ -5,9 +5,15 @@ Ours: `train_stage` on a one-stage recipe with one `retrieval` task (query, posi
 below the full one). Theirs: `SentenceTransformerTrainer` + `MultipleNegativesRankingLoss(scale=20)` on
 a Dataset holding the same batches (anchor, positive, negative_1..K, in our composer's order and
 grouping), with the same model, batch size, length cap, prompts, precision, optimizer settings and seed.
-The loops alternate in ABBA order (ours, st, st, ours, ...). A step is the time between two `on_step_end` events; the
-first W steps are dropped; pairs/s = pairs per step / the median step of a repeat, then the median over
-repeats. The breakdown (per-step medians, pooled over repeats) splits a step into tokenisation+padding
+Our loop runs in three settings on the very same batches: `ours` (the default: the padding-free,
+packed forward), `ours-padded` (`padding_free: false`, the padded forward ST also runs) and
+`ours-cached` (GradCache, `loss.mini_batch_size`: what the cached loss costs at a batch that fits).
+The loops take turns, their order reversed every repeat (ABBA). A step is the time between two
+`on_step_end` events; the first W steps are dropped; pairs/s = pairs per step / the median step of a
+repeat, then the median over repeats. The padding share is counted on the batches: the tokens each
+layout runs that are padding (ours padded: one pass for queries, one for positives and negatives;
+ST: one pass per column; ours: none). The breakdown (per-step medians, pooled over repeats) splits a
+step into tokenisation+padding
 (`model.preprocess`: in ST's collator, in our compute_loss), forward+loss, backward, gradient
 clipping, the optimizer step, and the rest (data loading, callbacks, logging, LR scheduler, zero_grad).
 On a GPU every timing point synchronizes the device (so the parts are device time, at a small cost).
@@ -16,7 +22,8 @@ tens of times over and drown the comparison.
 
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python benchmarks/train_throughput.py \
         [--model e5-small|tiny|PATH] [--batch-size 16] [--negatives 3] [--max-length 128] [--steps 12] \
-        [--warmup-steps 3] [--repeats 3] [--fp32] [--threads N]
+        [--warmup-steps 3] [--repeats 3] [--fp32] [--threads N] [--mini-batch 16] \
+        [--loops ours,ours-padded,ours-cached,st]
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from transformers import TrainerCallback
 
 PARTS = ("tok", "fwd+loss", "bwd", "clip", "optim")
 SEED, LR, TEMPERATURE = 42, 1e-5, 0.05
+LOOPS = ("ours", "ours-padded", "ours-cached", "st")
 
 
 class StepTimer(TrainerCallback):
@@ -146,12 +154,12 @@ def prepare(args, tmp: Path):
     return path, data, _base_prompts(path) or dict(E5_PROMPTS)
 
 
-def make_recipe(args, path, data, prompts, output: Path):
+def make_recipe(args, path, data, prompts, output: Path, *, padding_free: bool = True, mini_batch: int | None = None):
     from conan_embed.training.config import recipe_from_dict
 
     task = {"kind": "retrieval", "file": "finetune/retrieval.jsonl", "corpus": "finetune/corpus.jsonl",
             "batch_size": args.batch_size, "negatives": {"count": args.negatives, "skip_top": 10},
-            "loss": {"name": "infonce", "temperature": TEMPERATURE}}
+            "loss": {"name": "infonce", "temperature": TEMPERATURE, "mini_batch_size": mini_batch}}
     return recipe_from_dict({
         "name": "train-throughput", "seed": SEED, "output_dir": str(output),
         "data": {"dir": str(data), "build": False},
@@ -159,10 +167,37 @@ def make_recipe(args, path, data, prompts, output: Path):
                   "max_length": {"query": args.max_length, "passage": args.max_length}, "prompts": prompts},
         "stages": {"finetune": {
             "max_steps": args.steps, "tasks": {"retrieval": task}, "precision": args.precision,
+            "padding_free": padding_free,
             "optim": {"lr": LR, "warmup": 0.05, "weight_decay": 0.001},
             "checkpoint": {"every": args.steps + 1, "keep": 2}, "log": {"every": 1, "tensorboard": False}}},
         "eval": {"enabled": False},
     })
+
+
+def padding_shares(path, prompts, args, dataset, batches) -> dict[str, float]:
+    """Share of the tokens each layout runs that are padding: ours padded (queries in one pass,
+    positives and negatives in another, each padded to its longest), ST (one pass per column)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    doc = prompts.get("document", prompts.get("passage", ""))
+
+    def lengths(texts, prompt):
+        return [len(ids) for ids in tokenizer([prompt + t for t in texts], truncation=True,
+                                              max_length=args.max_length)["input_ids"]]
+
+    real = {"ours-padded": 0, "st": 0}
+    run = {"ours-padded": 0, "st": 0}
+    for rows in batches:
+        columns = {c: [dataset[c][i] for i in rows] for c in dataset.column_names}
+        q = lengths(columns["anchor"], prompts.get("query", ""))
+        cols = [lengths(columns[c], doc) for c in dataset.column_names[1:]]
+        docs = [n for col in cols for n in col]
+        real["ours-padded"] += sum(q) + sum(docs)
+        run["ours-padded"] += len(q) * max(q) + len(docs) * max(docs)
+        real["st"] += sum(q) + sum(docs)
+        run["st"] += len(q) * max(q) + sum(len(col) * max(col) for col in cols)
+    return {k: 1 - real[k] / run[k] for k in real}
 
 
 def st_data(recipe, steps: int):
@@ -204,9 +239,14 @@ def main() -> None:
     parser.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default="bf16")
     parser.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--mini-batch", type=int, default=16, help="ours-cached: texts per GradCache mini-batch")
+    parser.add_argument("--loops", default=",".join(LOOPS), help=f"which loops to race (of {', '.join(LOOPS)})")
     args = parser.parse_args()
     if not 1 <= args.warmup_steps < args.steps - 1:
         parser.error("need 1 <= --warmup-steps < --steps - 1")
+    chosen = args.loops.split(",")
+    if not set(chosen) <= set(LOOPS) or not {"ours", "st"} <= set(chosen):
+        parser.error(f"--loops: a subset of {', '.join(LOOPS)} holding ours and st")
 
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -222,9 +262,11 @@ def main() -> None:
     TimedST = type("TimedST", (Timed, SentenceTransformerTrainer),
                    {"get_batch_sampler": lambda self, *a, **kw: self.fixed_batches})
 
-    def run_ours(out: Path, timer: StepTimer) -> None:
-        stage_module.train_stage(make_recipe(args, path, data, prompts, out), "finetune", show_progress=False,
-                                 callbacks=[timer])
+    def ours(**settings):
+        def run(out: Path, timer: StepTimer) -> None:
+            stage_module.train_stage(make_recipe(args, path, data, prompts, out, **settings), "finetune",
+                                     show_progress=False, callbacks=[timer])
+        return run
 
     def run_st(out: Path, timer: StepTimer) -> None:
         doc = prompts.get("document", prompts.get("passage"))
@@ -250,14 +292,19 @@ def main() -> None:
             path, data, prompts = prepare(args, tmp)
         dataset, batches = st_data(make_recipe(args, path, data, prompts, tmp / "probe"), args.steps)
         pairs = statistics.mean(len(b) for b in batches)
+        padding = padding_shares(path, prompts, args, dataset, batches)
         print(f"model {args.model} ({path}), data {data}, {pairs:g} pairs/step (batch {args.batch_size}, "
               f"{args.negatives} hard negatives), max_length {args.max_length}, {args.precision}, torch threads "
               f"{torch.get_num_threads()}, {args.steps} steps - {args.warmup_steps} warm-up, {args.repeats} repeats")
-        loops = {"ours": run_ours, "st": run_st}
+        print(f"padding share of the tokens run: ours-padded {padding['ours-padded']:.1%}, st {padding['st']:.1%}, "
+              f"ours (padding-free) 0.0%")
+        every = {"ours": ours(), "ours-padded": ours(padding_free=False), "ours-cached": ours(mini_batch=args.mini_batch),
+                 "st": run_st}
+        loops = {name: every[name] for name in chosen}
         rates, steps = {k: [] for k in loops}, {k: [] for k in loops}
         for r in range(args.repeats):
             line = []
-            # ABBA: which loop runs first alternates, so drift on a shared machine hits both alike
+            # ABBA: the order reverses every repeat, so drift on a shared machine hits every loop alike
             for name, run in (list(loops.items()) if r % 2 == 0 else list(loops.items())[::-1]):
                 timer, out = StepTimer(), tmp / f"{name}-{r}"
                 run(out, timer)
@@ -271,15 +318,23 @@ def main() -> None:
             print(f"repeat {r + 1}: " + "   ".join(line))
 
     columns = ("step",) + PARTS + ("other",)
-    print(f"{'loop':<5} {'pairs/s':>8} " + " ".join(f"{c + ' ms':>11}" for c in columns))
+    print(f"{'loop':<11} {'pairs/s':>8} " + " ".join(f"{c + ' ms':>11}" for c in columns))
     rate = {}
     for name in loops:
         rate[name] = statistics.median(rates[name])
         medians = [1000 * statistics.median(s[c] for s in steps[name]) for c in columns]
-        print(f"{name:<5} {rate[name]:>8.1f} " + " ".join(f"{m:>11.1f}" for m in medians))
+        print(f"{name:<11} {rate[name]:>8.1f} " + " ".join(f"{m:>11.1f}" for m in medians))
+    ratios = [o / t for o, t in zip(rates["ours"], rates["st"])]
+    print("per-repeat ratio ours / st: " + ", ".join(f"{r:.2f}" for r in ratios))
+    extra = ""
+    if "ours-padded" in rate:
+        extra += (f" ours_padded_pairs_per_s={rate['ours-padded']:.1f} padding_free_speedup="
+                  f"{rate['ours'] / rate['ours-padded']:.2f} padding_share={padding['ours-padded']:.3f}")
+    if "ours-cached" in rate:
+        extra += f" cached_pairs_per_s={rate['ours-cached']:.1f} cached_cost={rate['ours'] / rate['ours-cached']:.2f}"
     print(f"RESULT train_throughput model={args.model} batch={args.batch_size} negatives={args.negatives} "
           f"max_length={args.max_length} precision={args.precision} ours_pairs_per_s={rate['ours']:.1f} "
-          f"st_pairs_per_s={rate['st']:.1f} ratio={rate['ours'] / rate['st']:.2f}")
+          f"st_pairs_per_s={rate['st']:.1f}{extra} ratio={rate['ours'] / rate['st']:.2f}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,38 @@ def tiny_training_data(folder: str | Path, *, questions: int = 48, candidates: i
     return counts
 
 
+def synthetic_training_data(folder: str | Path, *, rows: int = 512, corpus: int = 4096, candidates: int = 40,
+                            seed: int = 0) -> list[str]:
+    """Write a training data folder shaped like `build-data`'s finetune/ and pretrain/ files from random
+    Chinese text (no package data needed: for machines that carry only the code, such as a GPU box).
+    Queries are 8-40 characters, passages 40-300 (about the shipped data's token lengths); candidate
+    lists are random corpus ids. Returns every text written (for a character vocabulary)."""
+    import random
+
+    from conan_embed.data.records import write_records
+
+    folder, rng = Path(folder), random.Random(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)] + list("，。？！")
+
+    def text(low: int, high: int) -> str:
+        return "".join(rng.choices(chars, k=rng.randint(low, high)))
+
+    docs = [text(40, 300) for _ in range(corpus)]
+    queries = [text(8, 40) for _ in range(rows)]
+    positives = rng.sample(range(corpus), rows)
+    write_records(folder / "finetune/corpus.jsonl", ({"id": i, "text": t} for i, t in enumerate(docs)), "corpus")
+    write_records(folder / "finetune/retrieval.jsonl", (
+        {"id": f"s{i}", "query": q, "positives": [docs[p]], "positive_ids": [p],
+         "candidates": [c for c in rng.sample(range(corpus), candidates + 1) if c != p][:candidates]}
+        for i, (q, p) in enumerate(zip(queries, positives))), "retrieval")
+    write_records(folder / "finetune/sts.jsonl", (
+        {"text1": queries[i], "text2": queries[(i * 7 + 1) % rows], "score": float(i % 5)} for i in range(rows)), "sts")
+    write_records(folder / "pretrain/weak_pairs.jsonl", (
+        {"id": f"w{i}", "query": q, "passage": docs[p]} for i, (q, p) in enumerate(zip(queries, positives))),
+        "weak_pair")
+    return queries + docs
+
+
 def tiny_recipe(output_dir: str | Path, data_dir: str | Path, model_dir: str | Path, **stage_overrides) -> dict:
     """A two-stage recipe (as a dict) over `tiny_training_data` and a `tiny_bert` model, seconds to run."""
     common = {"optim": {"lr": 1e-3, "warmup": 0.1}, "precision": "fp32", "checkpoint": {"every": 3, "keep": 5},
