@@ -33,8 +33,7 @@ from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
 from conan_embed.training.checkpoint import load_checkpoint_extras, save_checkpoint_extras
-from conan_embed.training.config import ComposerConfig
-from conan_embed.training.config import in_batch_scope
+from conan_embed.training.config import ComposerConfig, in_batch_scope
 from conan_embed.training.distributed import gather_rows, gather_with_grad, pad_rows
 from conan_embed.training.gradcache import CachedEmbeddings
 from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
@@ -245,7 +244,8 @@ class ConanTrainer(SentenceTransformerTrainer):
         if task.kind == "sts":
             out = loss_fn.details(emb["sts_a"], emb["sts_b"], emb["labels"])
         elif self.global_in_batch(task):
-            positive, negatives, offset, valid, scale = self.gather_rows(task, emb["positive"], emb["negatives"])
+            positive, negatives, offset, valid, scale = gather_rows(emb["positive"], emb["negatives"],
+                                                                    task.config.batch_size, group=self.gather_group)
             out = loss_fn.details(emb["query"], positive, negatives, offset=offset, valid=valid)
         else:
             out = loss_fn.details(emb["query"], emb["positive"], emb["negatives"])
@@ -257,9 +257,6 @@ class ConanTrainer(SentenceTransformerTrainer):
     def global_in_batch(self, task: TrainingTask) -> bool:
         return (self.composer.world_size > 1 and task.kind != "sts"
                 and in_batch_scope(task.config, self.loss.composer.name) == "global")
-
-    def gather_rows(self, task: TrainingTask, positive: Tensor, negatives: Tensor | None):
-        return gather_rows(positive, negatives, task.config.batch_size, group=self.gather_group)
 
     @property
     def gather_group(self):
