@@ -24,8 +24,9 @@ quality.
 - serve: benchmarks/serve_peers.py --device cuda (our server, eager and `--compile` with CUDA graphs,
   against in-process encode, bf16) on the saved random model.
 
-Run on the device machine (its python3 has torch; packages it lacks travel as wheels in .whl/, see
-docs/benchmarks.md "GPU check"):
+Run on the device machine (its python3 has torch; the packages it lacks travel in .whl/, installed
+with `pip install --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*` and
+PYTHONPATH=/tmp/site: docs/benchmarks.md, "GPU check", lists them):
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py [--out /tmp/gpu-check] [--only varlen,train]
     PYTHONPATH=src python3 benchmarks/gpu_check.py --smoke      # the same checks, tiny, on the CPU (tests)

@@ -145,7 +145,8 @@ def export_model(folder: str | Path, *, quantize: str | None = None, arch: str =
         raise InputError("not a sentence-transformers model folder (no modules.json)", path=folder)
     onnx_file_name(quantize, arch)  # bad settings fail before the model loads
     start = time.perf_counter()
-    reference = load_embedder(folder, device="cpu")
+    # padded: the graph traced for ONNX takes padded batches (input_ids + attention_mask)
+    reference = load_embedder(folder, device="cpu", padding_free=False)
     target = export_onnx(reference, folder, quantize=quantize, arch=arch)
     file = str(target.relative_to(folder))
     report = {"file": file, "quantize": quantize, "arch": arch if quantize else None,

@@ -138,3 +138,22 @@ def test_bad_temperature(temperature):
         InfoNCELoss(temperature=temperature)
     with pytest.raises(InputError, match="temperature"):
         info_nce(torch.randn(2, 4), torch.randn(2, 4), temperature=temperature)
+
+
+def test_rows_gathered_from_processes_give_the_one_process_loss():
+    """Two processes with one query each, rows padded to 2 (garbage in the padding, masked by `valid`):
+    each process's loss over every process's candidates, averaged, is the whole batch's loss by hand."""
+    garbage = [5.0, -3.0, 2.0]
+    p = t([P[0], garbage, P[1], garbage])
+    n = t([N[0], [garbage, garbage], N[1], [garbage, garbage]])
+    valid = torch.tensor([True, False, True, False])
+    losses = [info_nce_details(t([Q[k]]), p, n, temperature=0.5, offset=2 * k, valid=valid).loss for k in range(2)]
+    everything_else = [[P[1], *N[0], *N[1]], [P[0], *N[0], *N[1]]]
+    expected = expected_loss(Q, [[P[i], *everything_else[i]] for i in range(2)], 0.5)
+    assert (sum(losses) / 2).item() == pytest.approx(expected, rel=1e-12)
+    # own negatives only: the query's row is found at its offset
+    own = info_nce_details(t([Q[1]]), p, n, temperature=0.5, in_batch=False, offset=2, valid=valid)
+    assert own.loss.item() == pytest.approx(expected_loss([Q[1]], [[P[1], *N[1]]], 0.5), rel=1e-12)
+    assert own.negative_scores.item() == pytest.approx((cos(Q[1], N[1][0]) + cos(Q[1], N[1][1])) / 2, rel=1e-6)
+    with pytest.raises(InputError, match="R >= offset"):
+        info_nce_details(t([Q[1]]), p, n, offset=4)
