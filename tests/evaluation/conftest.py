@@ -27,7 +27,11 @@ class Recorder:
     def __call__(self, inputs, prompt=None, **kwargs):
         out = self._orig(inputs, prompt=prompt, **kwargs)
         if "input_ids" in out and len(inputs) > 0:
-            decoded = self.model.tokenizer.batch_decode(out["input_ids"], skip_special_tokens=True)
+            rows = out["input_ids"]
+            if "cu_seq_lens_q" in out:  # packed (padding-free): one row of every text, cut at the boundaries
+                cu = out["cu_seq_lens_q"].tolist()
+                rows = [rows[0, a:b] for a, b in zip(cu, cu[1:])]
+            decoded = self.model.tokenizer.batch_decode(rows, skip_special_tokens=True)
             self.texts.extend(nospace(t) for t in decoded)
         return out
 
