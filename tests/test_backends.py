@@ -70,7 +70,7 @@ def test_mine_on_onnx_caches_apart_from_torch(folder, train_data, tmp_path):
     from conan_embed.mining import MineConfig, mine
 
     export_model(folder, check_size=None)
-    config = MineConfig(top_k=5, cache_dir=str(tmp_path / "cache"))
+    config = MineConfig(top_k=5, cache_dir=str(tmp_path / "cache"), relative_margin=None)
     args = (train_data / "finetune/retrieval.jsonl", train_data / "finetune/corpus.jsonl")
     on_torch = mine(folder, *args, tmp_path / "t.jsonl", config, show_progress=False)
     on_onnx = mine(load_embedder(folder, backend="onnx"), *args, tmp_path / "o.jsonl", config, show_progress=False)

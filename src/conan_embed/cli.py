@@ -157,10 +157,15 @@ def cmd_mine(args) -> None:
                         batch_size=args.batch_size, max_length={"query": args.max_length_query,
                                                                 "passage": args.max_length_passage},
                         precision=args.precision, cache_dir=args.cache_dir, device=args.device,
-                        max_rows=args.max_rows, rerank_top=args.rerank_top)
+                        max_rows=args.max_rows, rerank_top=args.rerank_top,
+                        relative_margin=None if args.relative_margin < 0 else args.relative_margin,
+                        absolute_margin=args.absolute_margin)
     summary = mine(_model(args), args.input, args.corpus, args.output, config)
+    dropped = summary["false_negatives"]
+    filtered = (f"; {dropped['dropped']:,} likely false negatives dropped from {dropped['rows']:,} rows "
+                f"(listed in {dropped['file']})" if dropped["file"] else "")
     print(f"wrote {summary['rows']:,} rows with up to {summary['top_k']} candidates each (of {summary['corpus_size']:,} "
-          f"passages, {summary['index']} index) to {args.output} in {summary['timings']['total_s']:.0f} s; "
+          f"passages, {summary['index']} index) to {args.output} in {summary['timings']['total_s']:.0f} s{filtered}; "
           f"summary in {summary_path(args.output)}")
 
 
@@ -344,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "training task's max_rows takes; default: all)")
     p.add_argument("--rerank-top", type=int, help="rank only the rows' positives and their first N input "
                    "`candidates` (re-rank an existing ranking) instead of the whole corpus")
+    p.add_argument("--relative-margin", type=float, default=0.05,
+                   help="drop candidates scoring above (1 - this) x the row's best positive: likely false negatives "
+                        "(default: %(default)s, i.e. 95 %%; -1: off)")
+    p.add_argument("--absolute-margin", type=float, help="also drop candidates within this cosine of the positive")
     _add_backend_args(p)
     p.set_defaults(func=cmd_mine)
 

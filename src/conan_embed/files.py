@@ -4,6 +4,7 @@ checkpoint markers) all go through here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,3 +26,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, data) -> Path:
     """`data` as indented UTF-8 JSON, atomically."""
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def content_digest(path: str | os.PathLike, *, skip=lambda name: False) -> str:
+    """sha256 over a file's bytes, or over a folder's files (relative names and bytes, in name order)
+    except those whose name `skip` accepts."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not skip(p.name))
+    digest = hashlib.sha256()
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()

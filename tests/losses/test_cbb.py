@@ -1,4 +1,4 @@
-"""The cross-GPU batch balance loss: a hand-computed case, agreement with InfoNCE, the STS term, errors."""
+"""The cross-GPU batch balance loss: a hand-computed case, agreement with InfoNCE, the step composition, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conan_embed.errors import InputError
-from conan_embed.losses import CBBLoss, cbb_details, cbb_loss, cosent, info_nce
+from conan_embed.losses import CBBLoss, cbb_details, cbb_loss, cbb_step_loss, info_nce
 
 
 def t(rows):
@@ -20,11 +20,8 @@ def test_by_hand():
     negatives = t([[[[0.0, 3.0]]], [[[-1.0, 0.0]]]])  # rank 0 holds cos 0, rank 1 holds cos -1
     expected = -math.log(math.e / (math.e + 1 + math.exp(-1)))
     assert cbb_loss(q, p, negatives, temperature=1.0).item() == pytest.approx(expected, rel=1e-12)
-    a, b, y = t([[1.0, 0.0], [0.0, 1.0]]), t([[1.0, 0.0], [1.0, 0.0]]), [1.0, 0.0]  # cos 1 and 0, in label order
-    sts = math.log1p(math.exp(20 * (0 - 1)))
-    out = cbb_details(q, p, negatives, a, b, y, temperature=1.0, beta=0.8)
-    assert out.loss.item() == pytest.approx(expected + 0.8 * sts, rel=1e-12)
-    assert out.sts_loss.item() == pytest.approx(sts, rel=1e-12)
+    out = cbb_details(q, p, negatives, temperature=1.0)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
     assert out.positive_scores.tolist() == pytest.approx([1.0]) and out.negative_scores.tolist() == pytest.approx([-0.5])
 
 
@@ -42,8 +39,26 @@ def test_ranks_are_the_negatives_of_every_query_side_by_side():
     one_rank = n.permute(1, 0, 2, 3).reshape(1, 4, 6, 8)
     for in_batch in (True, False):
         torch.testing.assert_close(cbb_loss(q, p, n, in_batch=in_batch), cbb_loss(q, p, one_rank, in_batch=in_batch))
-    a, b, y = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), torch.rand(5, generator=g)
-    torch.testing.assert_close(CBBLoss(beta=0.3)(q, p, n, a, b, y), cbb_loss(q, p, n) + 0.3 * cosent(a, b, y))
+    torch.testing.assert_close(CBBLoss(temperature=0.1)(q, p, n), cbb_loss(q, p, n, temperature=0.1))
+
+
+def test_step_composition_by_hand():
+    """Retrieval terms r, STS terms s (S batches), β: one process returns Σr + β·Σs/S; with W processes,
+    N of them retrieving, each returns (W/N)·Σr + β·(W/S)·Σs."""
+    r, s = [t(1.5), t(0.5)], [t(3.0), t(1.0)]
+    assert cbb_step_loss(r, s, beta=0.8, sts_batches=2).item() == pytest.approx(2.0 + 0.8 * 2.0)
+    assert cbb_step_loss(r, [], beta=0.8, sts_batches=0).item() == pytest.approx(2.0)
+    # 4 processes, 3 retrieving: a retrieval rank (r) and the STS rank (its one batch s[0])
+    assert cbb_step_loss(r, [], beta=0.8, sts_batches=1, processes=4, retrieval_processes=3).item() == \
+        pytest.approx(4 / 3 * 2.0)
+    assert cbb_step_loss([], s[:1], beta=0.8, sts_batches=1, processes=4, retrieval_processes=3).item() == \
+        pytest.approx(0.8 * 4 * 3.0)
+    with pytest.raises(InputError, match="beta must be >= 0"):
+        cbb_step_loss(r, s, beta=-1)
+    with pytest.raises(InputError, match="sts_batches >= 1"):
+        cbb_step_loss(r, s, sts_batches=0)
+    with pytest.raises(InputError, match="retrieval_processes must be 1..processes"):
+        cbb_step_loss(r, s, processes=2, retrieval_processes=3)
 
 
 def test_gradients_reach_every_ranks_negatives():
@@ -59,9 +74,5 @@ def test_bad_inputs_are_named():
         cbb_loss(q, p, torch.randn(2, 1, 4))
     with pytest.raises(InputError, match="B=2"):
         cbb_loss(q, p, torch.randn(1, 3, 1, 4))
-    with pytest.raises(InputError, match="sts_a, sts_b and sts_labels together"):
-        cbb_loss(q, p, torch.randn(1, 2, 1, 4), torch.randn(3, 4))
-    with pytest.raises(InputError, match="beta must be >= 0"):
-        cbb_loss(q, p, torch.randn(1, 2, 1, 4), beta=-1)
     with pytest.raises(InputError, match="temperature"):
         CBBLoss(temperature=0)

@@ -33,9 +33,11 @@ def _window(task, row, i):
     return task.candidates[row, list(negative_window(i, COUNT, SKIP))].tolist()
 
 
-def _observe(miner, rows, scores):
+def _observe(miner, rows, scores, positive=0.9):
+    """Scores seen by a training step after the last check."""
     rows = np.array(rows)
-    miner.observe("retrieval", rows, np.array(scores, dtype=np.float32), np.full(len(rows), 0.9, np.float32))
+    miner.observe("retrieval", rows, np.array(scores, dtype=np.float32), np.full(len(rows), positive, np.float32),
+                  step=miner.totals["retrieval"]["last_check_step"] + 1)
 
 
 def test_the_paper_rule_on_crafted_scores(recipe_dict, train_data):
@@ -68,6 +70,88 @@ def test_conan_v2_variant(recipe_dict, train_data):
     _observe(miner, range(3), [0.35, 0.45, 0.55])
     events = miner.check(1, write_log=False)["retrieval"]
     assert events["exhausted"] == 2 and miner.states["retrieval"].window[:3].tolist() == [2, 2, 1]
+
+
+def test_negative_scores_are_judged_by_their_drop(recipe_dict, train_data):
+    """A set whose mean cosine is negative and unchanged is not exhausted (1.15 x s < s holds for every s < 0);
+    one that fell by more than (1 - 1/1.15) of |S_initial| is."""
+    task, miner = _miner(recipe_dict, train_data)
+    _observe(miner, range(3), [-0.2, -0.2, -0.2])
+    _observe(miner, range(3), [-0.2, -0.21, -0.3])
+    events = miner.check(1, write_log=False)["retrieval"]
+    assert (events["checked"], events["exhausted"]) == (3, 1)
+    assert miner.states["retrieval"].window[:3].tolist() == [1, 1, 2]
+    for step in (2, 3):  # and never again on the unchanged scores
+        _observe(miner, [0], [-0.2])
+        assert miner.check(step, write_log=False)["retrieval"]["exhausted"] == 0
+
+
+def test_a_row_is_judged_once_per_sighting_never_on_a_stale_score(recipe_dict, train_data, tmp_path):
+    """Rows seen since the last check are judged; a row not seen since then is stale: skipped and counted,
+    until training sees it again."""
+    task, miner = _miner(recipe_dict, train_data)
+    miner.log_path = tmp_path / "log.jsonl"
+    _observe(miner, range(4), [0.7] * 4)
+    _observe(miner, range(4), [0.65] * 4)  # not exhausted: 1.15 x 0.65 = 0.7475 > 0.7
+    assert miner.check(10)["retrieval"]["checked"] == 4
+    _observe(miner, [0, 1], [0.65, 0.5])  # rows 2 and 3 unseen since step 10
+    events = miner.check(20)["retrieval"]
+    assert (events["checked"], events["exhausted"], events["stale"]) == (2, 1, 2)
+    assert miner.states["retrieval"].seen_step[:4].tolist() == [11, 0, 1, 1]  # row 1 replaced: not seen since
+    assert miner.check(30)["retrieval"]["checked"] == 0
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["stale"] for x in lines] == [0, 2, 3] and miner.totals["retrieval"]["stale"] == 5
+
+
+def test_loss_weight_rule(recipe_dict, train_data):
+    """Ours: exhausted when the set's margin to the positive grew by temperature x ln(weight_drop), i.e. its
+    weight exp((S_now - S_positive) / τ) in the loss fell by weight_drop; τ = 0.05 -> 0.0347 at 2. It acts
+    where the paper's rule stays silent (1.15 x S_now >= S_initial in every row here)."""
+    task, miner = _miner(recipe_dict, train_data, rule="loss-weight", weight_drop=2.0)
+    assert task.config.loss.temperature == 0.05
+    _observe(miner, range(4), [0.80] * 4, positive=0.90)  # margin 0.10 when first seen
+    rows = np.arange(4)
+    miner.observe("retrieval", rows, np.array([0.76, 0.77, 0.80, 0.70], np.float32),
+                  np.array([0.90, 0.90, 0.94, 0.84], np.float32), step=1)
+    # margins now 0.14, 0.13, 0.14, 0.14 -> grown by 0.04, 0.03, 0.04, 0.04
+    events = miner.check(1, write_log=False)["retrieval"]
+    assert events["exhausted"] == 3 and miner.states["retrieval"].window[:4].tolist() == [2, 1, 2, 2]
+    paper = _miner(recipe_dict, train_data)[1]
+    _observe(paper, range(4), [0.80] * 4)
+    _observe(paper, range(4), [0.76, 0.77, 0.80, 0.70])
+    assert paper.check(1, write_log=False)["retrieval"]["exhausted"] == 0  # 1.15 x 0.70 = 0.805 > 0.80
+
+
+def test_replacement_skips_false_negatives(recipe_dict, train_data):
+    """Plant a likely false negative at the head of row 0's next window (it scores 0.95 against a positive at
+    0.9: above 95 %): the replacement skips it, takes the following candidates, says how many it dropped, and
+    measures the new set in the same pass."""
+    import torch.nn.functional as F
+
+    task, miner = _miner(recipe_dict, train_data, relative_margin=0.05, min_initial=2.0)
+    row = task.rows[0]
+    window2 = _window(task, 0, 2)
+    planted = task.corpus_texts[window2[0]]
+    q, pos, fn, other = torch.eye(4)[0], torch.eye(4)[1], torch.eye(4)[2], torch.eye(4)[3]
+
+    def vector(text, field):
+        if field == "query":
+            return q
+        if text in row["positives"]:
+            return 0.9 * q + 0.19 ** 0.5 * pos
+        if text == planted:
+            return 0.95 * q + 0.0975 ** 0.5 * fn
+        return 0.5 * q + 0.75 ** 0.5 * other
+
+    miner.attach_encoder(lambda texts, field, t: F.normalize(torch.stack([vector(x, field) for x in texts]), dim=-1))
+    _observe(miner, [0], [0.7])
+    events = miner.check(1, write_log=False)["retrieval"]
+    assert (events["replaced"], events["false_negatives_dropped"]) == (1, 1)
+    after = task.candidates[0, SKIP + COUNT: SKIP + 3 * COUNT].tolist()  # windows 2 and 3, in rank order
+    assert miner.lookup("retrieval", [0])[0].tolist() == after[1: 1 + COUNT]
+    st = miner.states["retrieval"]
+    assert st.cursor[0] == SKIP + 2 * COUNT + 1 and st.s_initial[0] == pytest.approx(0.5)
+    assert miner.summary()["retrieval"]["false_negatives_dropped"] == 1
 
 
 def test_rows_run_out_of_candidates_and_never_reuse_an_id(recipe_dict, train_data):

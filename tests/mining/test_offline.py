@@ -35,7 +35,9 @@ def files(train_data, tmp_path):
     return tmp_path / "queries.jsonl", tmp_path / "corpus.jsonl", rows, corpus
 
 
-def _brute_force(model_path, rows, corpus, k):
+def _brute_force(model_path, rows, corpus, k, relative_margin=0.05):
+    """Each row's top k ids without its positives and without the candidates that score above
+    (1 - relative_margin) x its best positive's score, by numpy; and the scores."""
     from conan_embed.encode import encode_texts
     from conan_embed.modeling import load_embedder
 
@@ -46,17 +48,19 @@ def _brute_force(model_path, rows, corpus, k):
     out = []
     for row, s in zip(rows, scores):
         positives = {str(p) for p in row["positive_ids"]} | {str(x["id"]) for x in corpus if x["text"] in row["positives"]}
+        best = max(s[j] for j, x in enumerate(corpus) if str(x["id"]) in positives)
+        limit = np.inf if relative_margin is None else best - relative_margin * abs(best)
         order = np.lexsort((np.arange(len(s)), -s))
-        out.append([str(corpus[j]["id"]) for j in order if str(corpus[j]["id"]) not in positives][:k])
+        out.append([str(corpus[j]["id"]) for j in order if str(corpus[j]["id"]) not in positives and s[j] <= limit][:k])
     return out, scores
 
 
 def test_mine_equals_a_brute_force_ranking(st_model, files, tmp_path):
     queries, corpus_path, rows, corpus = files
-    config = MineConfig(top_k=30, cache_dir=str(tmp_path / "cache"), chunk_size=100)
+    config = MineConfig(top_k=30, cache_dir=str(tmp_path / "cache"), chunk_size=100, relative_margin=None)
     summary = mine(st_model, queries, corpus_path, tmp_path / "out/mined.jsonl", config, show_progress=False)
     mined = list(read_records(tmp_path / "out/mined.jsonl", "retrieval"))
-    expected, scores = _brute_force(st_model, rows, corpus, 30)
+    expected, scores = _brute_force(st_model, rows, corpus, 30, relative_margin=None)
     ids = {str(x["id"]): j for j, x in enumerate(corpus)}
     for i, (row, want) in enumerate(zip(mined, expected)):
         assert row["query"] == rows[i]["query"] and len(row["candidates"]) == 30
@@ -68,11 +72,43 @@ def test_mine_equals_a_brute_force_ranking(st_model, files, tmp_path):
     assert summary["rows"] == len(rows) and json.loads(summary_path(tmp_path / "out/mined.jsonl").read_text())["top_k"] == 30
 
 
+@pytest.mark.parametrize("margin", [0.003, 0.01])
+def test_false_negatives_are_dropped_as_numpy_finds_them(st_model, files, tmp_path, margin):
+    """Plant near-copies of each row's positive (a short prefix added) under new ids: they score about as the
+    positive does and must be dropped; every other drop and keep agrees with numpy's filter. The random tiny
+    model puts every cosine near 0.95, so each query is its positive's text (its positive scores ~0.997, the
+    rest of the corpus up to ~0.993) and the margins are small."""
+    queries, corpus_path, rows, corpus = files
+    rows = [{**r, "query": r["positives"][0]} for r in rows]
+    corpus = corpus + [{"id": f"near-{i}", "text": "答：" + r["positives"][0]} for i, r in enumerate(rows)]
+    write_records(corpus_path, corpus)
+    write_records(queries, rows)
+    config = MineConfig(top_k=30, cache_dir=str(tmp_path / "cache"), relative_margin=margin)
+    summary = mine(st_model, queries, corpus_path, tmp_path / "mined.jsonl", config, show_progress=False)
+    mined = list(read_records(tmp_path / "mined.jsonl", "retrieval"))
+    expected, scores = _brute_force(st_model, rows, corpus, 30, relative_margin=margin)
+    ids = {str(x["id"]): j for j, x in enumerate(corpus)}
+    assert all(len(r["candidates"]) == 30 for r in mined)
+    for i, (row, want) in enumerate(zip(mined, expected)):
+        assert f"near-{i}" not in row["candidates"]
+        if row["candidates"] != want:  # only a near-tie may swap, or sit on the limit
+            assert len(row["candidates"]) == len(want)
+            got = scores[i, [ids[c] for c in row["candidates"]]]
+            np.testing.assert_allclose(got, scores[i, [ids[c] for c in want]], atol=1e-5)
+    audit = [json.loads(line) for line in (tmp_path / "mined.false_negatives.jsonl").read_text().splitlines()]
+    dropped = {(a["row"], d["id"]) for a in audit for d in a["dropped"]}
+    assert {(i + 1, f"near-{i}") for i in range(len(rows))} <= dropped
+    fn = summary["false_negatives"]
+    assert fn["dropped"] == len(dropped) and fn["rows"] == len(audit) == len(rows) and fn["relative_margin"] == margin
+    for a in audit:
+        assert all(d["score"] > a["positive_score"] * (1 - margin) - 1e-4 for d in a["dropped"])  # rounded to 1e-5
+
+
 def test_embeddings_are_cached_and_an_interrupted_encoding_resumes(st_model, files, tmp_path, monkeypatch):
     import conan_embed.encode
 
     queries, corpus_path, _, corpus = files
-    config = MineConfig(top_k=20, cache_dir=str(tmp_path / "cache"), chunk_size=64, batch_size=8)
+    config = MineConfig(top_k=20, cache_dir=str(tmp_path / "cache"), chunk_size=64, batch_size=8, relative_margin=None)
     real, calls = conan_embed.encode.encode_texts, []
 
     def crashing(*args, **kwargs):
@@ -99,10 +135,11 @@ def test_embeddings_are_cached_and_an_interrupted_encoding_resumes(st_model, fil
 def test_approximate_indexes_find_most_of_the_exact_top(st_model, files, tmp_path, index):
     queries, corpus_path, _, _ = files
     cache = str(tmp_path / "cache")
-    mine(st_model, queries, corpus_path, tmp_path / "flat.jsonl", MineConfig(top_k=10, cache_dir=cache),
+    mine(st_model, queries, corpus_path, tmp_path / "flat.jsonl",
+         MineConfig(top_k=10, cache_dir=cache, relative_margin=None),
          show_progress=False)
     mine(st_model, queries, corpus_path, tmp_path / f"{index}.jsonl",
-         MineConfig(top_k=10, cache_dir=cache, index=index, nprobe=8), show_progress=False)
+         MineConfig(top_k=10, cache_dir=cache, index=index, nprobe=8, relative_margin=None), show_progress=False)
     exact = [set(r["candidates"]) for r in read_records(tmp_path / "flat.jsonl")]
     approx = [set(r["candidates"]) for r in read_records(tmp_path / f"{index}.jsonl")]
     recall = np.mean([len(a & e) / len(e) for a, e in zip(approx, exact)])
@@ -115,7 +152,8 @@ def test_mined_rows_train(st_model, files, tmp_path, recipe_dict):
     from conan_embed.training.tasks import load_tasks
 
     queries, corpus_path, _, _ = files
-    mine(st_model, queries, corpus_path, tmp_path / "finetune/mined.jsonl", MineConfig(top_k=12, cache_dir=str(tmp_path)),
+    mine(st_model, queries, corpus_path, tmp_path / "finetune/mined.jsonl",
+         MineConfig(top_k=12, cache_dir=str(tmp_path), relative_margin=None),
          show_progress=False)
     task = recipe_dict["stages"]["finetune"]["tasks"]["retrieval"]
     task.update(file="finetune/mined.jsonl", corpus="corpus.jsonl")
@@ -132,7 +170,7 @@ def test_a_row_sample_reranks_its_own_candidates(st_model, train_data, tmp_path)
     from conan_embed.data.records import fixed_sample
 
     rows = list(read_records(train_data / "finetune/retrieval.jsonl"))
-    config = MineConfig(top_k=8, max_rows=10, rerank_top=6, cache_dir=str(tmp_path / "cache"))
+    config = MineConfig(top_k=8, max_rows=10, rerank_top=6, cache_dir=str(tmp_path / "cache"), relative_margin=None)
     summary = mine(st_model, train_data / "finetune/retrieval.jsonl", train_data / "finetune/corpus.jsonl",
                    tmp_path / "mined.jsonl", config, show_progress=False)
     picked = [rows[i] for i in fixed_sample(len(rows), 10)]
@@ -177,7 +215,8 @@ def test_cli(st_model, files, tmp_path, capsys):
     queries, corpus_path, _, _ = files
     out = tmp_path / "cli.jsonl"
     assert main(["mine", str(st_model), "--input", str(queries), "--corpus", str(corpus_path), "--output", str(out),
-                 "--top-k", "15", "--cache-dir", str(tmp_path / "c"), "--index", "hnsw"]) == 0
+                 "--top-k", "15", "--cache-dir", str(tmp_path / "c"), "--index", "hnsw",
+                 "--relative-margin", "-1"]) == 0
     assert "15 candidates" in capsys.readouterr().out
     assert all(len(r["candidates"]) == 15 for r in read_records(out))
     assert main(["mine", str(st_model), "--input", str(tmp_path / "none.jsonl"), "--corpus", str(corpus_path),

@@ -32,7 +32,8 @@ def test_every_component_uses_the_document_prompt(train_bert, train_data, recipe
     assert TeacherScorer(TeacherConfig(model=str(folder), device="cpu")).prompts == {"query": "q: ", "passage": "d: "}
 
     mine(folder, train_data / "finetune/retrieval.jsonl", train_data / "finetune/corpus.jsonl",
-         tmp_path / "mined.jsonl", MineConfig(top_k=5, cache_dir=str(tmp_path / "cache")), show_progress=False)
+         tmp_path / "mined.jsonl",
+         MineConfig(top_k=5, cache_dir=str(tmp_path / "cache"), relative_margin=None), show_progress=False)
     keys = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/key.json")]
     assert {k["kind"]: k["prompt"] for k in keys} == {"passage": "d: ", "query": "q: "}
 

@@ -17,8 +17,12 @@ from conan_embed.mining import is_exhausted, negative_window
     (1.5, 0.8, False),          # |S_now| = 0.8 is not < 0.8
     (1.5, 0.7999, True),
     (0.1, -0.1, True),          # 1.15 * -0.1 = -0.115 < 0.1
-    (-0.1, -0.1, True),         # negative scores: -0.115 < -0.1 (the formula, literally)
+    (-0.1, -0.1, False),        # negative, unchanged: not exhausted (1.15 * -0.1 < -0.1 literally)
+    (-0.1, -0.1131, True),      # a drop by more than (1 - 1/1.15) = 13.04 % of |S_initial|
+    (-0.1, -0.1130, False),
+    (-0.5, -0.2, False),        # the score rose
     (0.0, 0.0, False),
+    (0.0, -0.01, True),
     (0.9, -0.85, False),        # |-0.85| >= 0.8
     (float("nan"), 0.5, False),  # not measured yet
     (0.9, float("nan"), False),

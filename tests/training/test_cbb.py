@@ -142,7 +142,7 @@ def test_run_on_two_processes(recipe_dict, tmp_path, capsys):
     from conan_embed.cli import main
 
     recipe_dict["stages"]["finetune"].update(composer="cbb", max_steps=4)
-    recipe_dict["mine"] = {"model": "pretrain", "output": str(tmp_path / "mined.jsonl"), "top_k": 12,
+    recipe_dict["mine"] = {"model": "pretrain", "output": str(tmp_path / "mined.jsonl"), "top_k": 12, "relative_margin": None,
                            "cache_dir": str(tmp_path / "cache")}
     recipe_dict["stages"]["finetune"]["tasks"]["retrieval"]["file"] = str(tmp_path / "mined.jsonl")
     recipe_dict["eval"] = {"size": "tiny", "dims": [None], "tasks": ["Retrieval"]}

@@ -175,3 +175,39 @@ def test_task_loss_weight_scales_that_task_alone(recipe_dict, tmp_path):
     assert set(first[1.0]) == {"retrieval", "sts"}
     assert first[3.0]["retrieval"] == pytest.approx(3 * first[1.0]["retrieval"], rel=1e-5)
     assert first[3.0]["sts"] == pytest.approx(first[1.0]["sts"], rel=1e-5)
+
+
+def test_resume_checks_the_data_and_drops_a_torn_log_line(recipe_dict, train_data, tmp_path):
+    """A stage stopped at step 3 will not resume on a re-ranked candidate file of the very same size (the saved
+    order and mining state point into the old ranking): the error names the file. A log line cut short by a
+    crash is dropped with a warning that says so; a damaged line before the last is an error naming its row."""
+    import shutil
+
+    from conan_embed.data.records import read_records, write_records
+
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    recipe_dict["data"]["dir"] = str(data)
+    recipe = recipe_from_dict(_single_stage(recipe_dict, grad_accum=1, max_steps=6))
+    train_stage(recipe, "finetune", stop_after=3, show_progress=False)
+    log = stage_paths(recipe, "finetune").log
+    with log.open("a") as f:
+        f.write('{"step": 4, "loss": 0.7')  # the crash came during this append
+    candidates = data / "finetune/retrieval.jsonl"
+    original = candidates.read_bytes()
+    rows = list(read_records(candidates))
+    write_records(candidates, [{**r, "candidates": r["candidates"][::-1]} for r in rows])  # same ids, reversed
+    assert candidates.stat().st_size == len(original) and candidates.read_bytes() != original
+    with pytest.raises(InputError, match=rf"the contents of {candidates} \(task retrieval's file\)"):
+        train_stage(recipe, "finetune", resume=True, show_progress=False)
+    candidates.write_bytes(original)
+    with pytest.warns(UserWarning, match="dropped its last line, cut short"):
+        summary = train_stage(recipe, "finetune", resume=True, show_progress=False)
+    assert summary["steps"] == 6 and [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 7))
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2] + ["{not json"] + lines[2:]) + "\n")
+    from conan_embed.training.callbacks import read_log
+
+    with pytest.raises(InputError, match="not a JSON line") as err:
+        read_log(log)
+    assert err.value.row == 3

@@ -1,14 +1,14 @@
 """Losses of the Conan-Embedding recipe (arXiv 2408.15710), computed on embeddings.
 
-InfoNCE for retrieval, CoSENT for STS, the cross-GPU batch balance loss (both in one step), and a
+InfoNCE for retrieval, CoSENT for STS, the cross-GPU batch balance loss (its retrieval term, and the step that adds the STS batches), and a
 Matryoshka wrapper that trains several embedding lengths at once. Each has a functional form on
 tensors and an `nn.Module` with a `details()` that also returns per-example scores; see docs/losses.md.
 """
 
-from conan_embed.losses.cbb import CBBLoss, CBBOutput, cbb_details, cbb_loss
+from conan_embed.losses.cbb import CBBLoss, CBBOutput, cbb_details, cbb_loss, cbb_step_loss
 from conan_embed.losses.cosent import CoSENTLoss, cosent
 from conan_embed.losses.infonce import InfoNCELoss, InfoNCEOutput, info_nce, info_nce_details
 from conan_embed.losses.matryoshka import LossOutput, MatryoshkaLoss
 
 __all__ = ["CBBLoss", "CBBOutput", "CoSENTLoss", "InfoNCELoss", "InfoNCEOutput", "LossOutput", "MatryoshkaLoss",
-           "cbb_details", "cbb_loss", "cosent", "info_nce", "info_nce_details"]
+           "cbb_details", "cbb_loss", "cbb_step_loss", "cosent", "info_nce", "info_nce_details"]

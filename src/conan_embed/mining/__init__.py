@@ -1,11 +1,12 @@
 """Hard-negative mining (docs/mining.md): offline candidate pools (`mine`) and dynamic hard-negative
 mining during training (`DynamicHardNegativeMiner`), with the paper's rule as pure functions
-(`is_exhausted`, `negative_window`)."""
+(`is_exhausted`, `negative_window`, `false_negative_limit`)."""
 
 from conan_embed.mining.config import MineConfig, RecipeMineConfig
-from conan_embed.mining.rule import is_exhausted, negative_window
+from conan_embed.mining.rule import false_negative_limit, is_exhausted, negative_window
 
-__all__ = ["DynamicHardNegativeMiner", "MineConfig", "RecipeMineConfig", "is_exhausted", "mine", "negative_window"]
+__all__ = ["DynamicHardNegativeMiner", "MineConfig", "RecipeMineConfig", "false_negative_limit", "is_exhausted", "mine",
+           "negative_window"]
 
 
 def __getattr__(name):  # the heavy parts (torch, faiss, the trainer) load on first use

@@ -28,6 +28,10 @@ class MineConfig:
     # instead of the whole corpus.
     max_rows: int | None = None
     rerank_top: int | None = None
+    # false negatives: drop a candidate scoring above (1 - relative_margin) x the row's best positive
+    # (NV-Retriever's TopK-PercPos at 95 %) or within absolute_margin of it; None: that test is off
+    relative_margin: float | None = 0.05
+    absolute_margin: float | None = None
 
 
 @dataclass
@@ -48,8 +52,21 @@ def check_mine_config(config: MineConfig, prefix: str = "", source=None) -> Mine
             raise InputError(f"{prefix}{key} must be > 0, got {value}", path=source, field=f"{prefix}{key}")
     if config.nlist is not None and config.nlist <= 0:
         raise InputError(f"{prefix}nlist must be > 0, got {config.nlist}", path=source, field=f"{prefix}nlist")
+    check_margins(config, prefix.rstrip("."), source)
     for name, cap in config.max_length.items():
         if name not in ("query", "passage") or cap <= 0:
             raise InputError(f"{prefix}max_length.{name}: expected query/passage caps > 0, got {cap}", path=source,
                              field=f"{prefix}max_length.{name}")
     return config
+
+
+def check_margins(config, key: str, source=None) -> None:
+    """relative_margin in [0, 1) and absolute_margin >= 0 (or None) on a mining or mine config."""
+    prefix = f"{key}." if key else ""
+    rel, absolute = config.relative_margin, config.absolute_margin
+    if rel is not None and not 0 <= rel < 1:
+        raise InputError(f"{prefix}relative_margin must be in [0, 1) (0.05 keeps candidates below 95 % of the "
+                         f"positive's score), got {rel}", path=source, field=f"{prefix}relative_margin")
+    if absolute is not None and not absolute >= 0:
+        raise InputError(f"{prefix}absolute_margin must be >= 0, got {absolute}", path=source,
+                         field=f"{prefix}absolute_margin")

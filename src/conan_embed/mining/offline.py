@@ -26,8 +26,9 @@ import numpy as np
 
 from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
-from conan_embed.files import write_json
+from conan_embed.files import content_digest, write_json, write_text_atomic
 from conan_embed.mining.config import MineConfig, check_mine_config
+from conan_embed.mining.rule import false_negative_limit
 
 CACHE_VERSION = 1
 # files in a model or checkpoint folder that do not define the model (hashing optimizer.pt would cost
@@ -55,14 +56,7 @@ def model_fingerprint(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         return hashlib.sha256(str(path).encode()).hexdigest()  # a hub id: name only
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _NOT_MODEL
-                       and not p.name.startswith("rng_state")):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
+    return content_digest(path, skip=lambda name: name in _NOT_MODEL or name.startswith("rng_state"))
 
 
 def rerank_corpus(rows: list[dict], row_numbers: list[int], corpus_ids: list[str], top: int, path) -> list[int]:
@@ -224,29 +218,103 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     index = build_index(corpus_emb, config)
-    k = min(len(corpus_ids), config.top_k + max(len(e) for e in excluded))
-    scores, ranked = search(index, query_emb, k, show_progress=show_progress)
+    filtering = config.relative_margin is not None or config.absolute_margin is not None
+    positive = np.full(len(rows), np.nan)
+    if filtering:
+        positive = positive_scores(st_model, rows, excluded, corpus_emb, query_emb, config, model_key,
+                                   show_progress=show_progress)
+    limits = false_negative_limit(positive, config.relative_margin, config.absolute_margin)
+    # room for the positives the ranking holds and, when filtering, for as many false negatives again; rows
+    # left short by many false negatives are searched again, deeper
+    k = min(len(corpus_ids), config.top_k * (2 if filtering else 1) + max(len(e) for e in excluded))
+    todo, picked, top1 = np.arange(len(rows)), [None] * len(rows), None
+    while len(todo):
+        scores, ranked = search(index, query_emb[todo], k, show_progress=show_progress)
+        top1 = scores[:, 0] if top1 is None else top1
+        deeper = []
+        for i, ids, row_scores in zip(todo, ranked, scores):
+            picked[i] = pick_candidates(ids, row_scores, excluded[i], limits[i], config.top_k)
+            if len(picked[i][0]) < config.top_k and k < len(corpus_ids):
+                deeper.append(i)
+        todo, k = np.asarray(deeper, dtype=np.int64), min(len(corpus_ids), 4 * k)
     timings["search_s"] = round(time.perf_counter() - t0, 2)
-    short = 0
-    for row, ids, skip in zip(rows, ranked, excluded):
-        row["candidates"] = [corpus_ids[j] for j in ids if j >= 0 and j not in skip][:config.top_k]
-        short += len(row["candidates"]) < config.top_k
+    short, audit = 0, []
+    for number, row, (kept, dropped), pos in zip(numbers, rows, picked, positive):
+        row["candidates"] = [corpus_ids[j] for j in kept]
+        short += len(kept) < config.top_k
+        if dropped:
+            audit.append({"row": int(number) + 1, "query": row["query"], "positive_score": round(float(pos), 5),
+                          "dropped": [{"id": corpus_ids[j], "score": round(float(sc), 5)} for j, sc in dropped]})
     write_records(output_path, rows, "retrieval")
+    audit_file = false_negatives_path(output_path)
+    if filtering:
+        write_jsonl_atomic(audit_file, audit)
+    else:
+        audit_file.unlink(missing_ok=True)
     timings["total_s"] = round(time.perf_counter() - start, 2)
     summary = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
                "model_fingerprint": model_key, "input": str(input_path), "corpus": str(corpus_path),
                "output": str(output_path), "rows": len(rows), "rows_total": rows_total,
                "corpus_size": len(corpus_ids), "corpus_total": corpus_total, "rerank_top": config.rerank_top,
                "top_k": config.top_k, "rows_with_fewer": short, "index": config.index,
+               "false_negatives": {"relative_margin": config.relative_margin, "absolute_margin": config.absolute_margin,
+                                   "dropped": sum(len(a["dropped"]) for a in audit), "rows": len(audit),
+                                   "file": str(audit_file) if filtering else None},
                "cache": {"passage": corpus_key, "query": query_key, "root": str(cache_root(config))},
-               "mean_top1_score": round(float(scores[:, 0].mean()), 5), "timings": timings}
+               "mean_top1_score": round(float(top1.mean()), 5), "timings": timings}
     write_json(summary_path(output_path), summary)
     return summary
+
+
+def pick_candidates(ids, scores, positives: set[int], limit: float, top_k: int):
+    """(kept, dropped) from one row's ranking: the first top_k corpus indices that are not its positives and
+    score at most `limit`, and the (index, score) of those skipped above the limit on the way."""
+    kept, dropped = [], []
+    for j, score in zip(ids, scores):
+        if j < 0 or j in positives:
+            continue
+        if score > limit:
+            dropped.append((j, score))
+            continue
+        kept.append(j)
+        if len(kept) == top_k:
+            break
+    return kept, dropped
+
+
+def positive_scores(model, rows: list[dict], excluded: list[set[int]], corpus_emb: np.ndarray, query_emb: np.ndarray,
+                    config: MineConfig, model_key: str, *, show_progress: bool = True) -> np.ndarray:
+    """Each row's best cosine with its positives: from the corpus embeddings where the positives are in the
+    corpus (by id or text), else from their texts, embedded (and cached) the same way."""
+    best = np.full(len(rows), -np.inf)
+    missing = [i for i, ex in enumerate(excluded) if not ex]
+    for i, ex in enumerate(excluded):
+        if ex:
+            best[i] = float((corpus_emb[sorted(ex)] @ query_emb[i]).max())
+    if missing:
+        texts = [t for i in missing for t in rows[i]["positives"]]
+        emb, _ = embed_cached(model, texts, "passage", config, model_key=model_key, show_progress=show_progress)
+        at = 0
+        for i in missing:
+            n = len(rows[i]["positives"])
+            best[i] = float((emb[at: at + n] @ query_emb[i]).max())
+            at += n
+    return best
 
 
 def summary_path(output_path: str | Path) -> Path:
     output_path = Path(output_path)
     return output_path.with_name(output_path.name.split(".")[0] + ".mine.json")
+
+
+def false_negatives_path(output_path: str | Path) -> Path:
+    """Where `mine` lists the candidates it dropped as likely false negatives, per row, with their scores."""
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name.split(".")[0] + ".false_negatives.jsonl")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _state_fingerprint(model) -> str:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from conan_embed.errors import InputError
 from conan_embed.files import write_text_atomic
 from conan_embed.training.plots import plot_hard_negative_scores, plot_loss_curve
 
@@ -69,10 +71,23 @@ def read_log(path: str | Path, event: str | None = None) -> list[dict]:
 
 
 def _read_lines(path: str | Path) -> list[dict]:
+    """The log's records. A last line cut short (a crash during its append) is dropped with a warning: the
+    resumed run writes its step again. A bad line before the last is damage this code did not do: an error."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise InputError(f"not a JSON line ({err.msg}); the log is damaged: move it away to start it again",
+                                 path=path, row=number) from None
+            warnings.warn(f"{path}: dropped its last line, cut short (an interrupted write): {line[:60]!r}",
+                          stacklevel=2)
+    return records
 
 
 def truncate_log(path: str | Path, last_step: int) -> None:

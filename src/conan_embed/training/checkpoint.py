@@ -72,8 +72,14 @@ def _added_settings() -> dict:
     from conan_embed.training.config import MiningConfig
 
     # padding_free: the packed forward computes what the padded one did (up to float rounding)
-    return {"max_rows": None, "in_batch": True, "mining": asdict(MiningConfig()), "max_length": {},
-            "mini_batch_size": None, "padding_free": True}
+    mining = MiningConfig()
+    return {"max_rows": None, "in_batch": True, "mining": asdict(mining), "max_length": {},
+            "mini_batch_size": None, "padding_free": True, "rule": mining.rule, "weight_drop": mining.weight_drop,
+            "relative_margin": mining.relative_margin, "absolute_margin": mining.absolute_margin}
+
+
+# recorded by later versions, unknown to a fingerprint written before them: nothing to compare it with
+_UNRECORDED = {"data"}
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -81,7 +87,7 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys, added = [], _added_settings()
     for key in sorted(set(old) | set(new)):
         a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
-        if key not in old and key in added and b == added[key]:
+        if key not in old and (key in added and b == added[key] or not prefix and key in _UNRECORDED):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             keys += changed_keys(a, b, dotted + ".")

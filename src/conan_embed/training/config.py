@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 
 from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
-from conan_embed.mining.config import RecipeMineConfig, check_mine_config
+from conan_embed.mining.config import RecipeMineConfig, check_margins, check_mine_config
 from conan_embed.errors import InputError
 from conan_embed.typed_config import build_dataclass, set_override
 
@@ -90,13 +90,27 @@ class MiningConfig:
 
     mode: Literal["static", "dynamic"] = "static"
     check_every: int = 100  # steps between checks (Conan-embedding-v2: 1)
-    ratio: float = 1.15  # exhausted when ratio * S_now < S_initial ...
+    # paper: the score rule below. loss-weight (ours, scale-free): exhausted when the set's weight in the
+    # InfoNCE denominator relative to the positive, exp((S_now - S_positive) / temperature), fell by
+    # `weight_drop` since the set was assigned (its margin to the positive grew by temperature * ln weight_drop)
+    rule: Literal["paper", "loss-weight"] = "paper"
+    ratio: float = 1.15  # paper: exhausted when ratio * S_now < S_initial ...
     max_score: float = 0.8  # ... and |S_now| < max_score
     absolute: bool = True  # compare |S_now| (v1); false: S_now itself (v2)
     min_initial: float | None = None  # also exhausted when S_initial < this (v2: 0.4)
+    weight_drop: float = 2.0  # loss-weight: the factor by which the set's weight must fall
+    # false negatives: a replacement skips candidates scoring above (1 - relative_margin) x the row's positive
+    # (0.05: NV-Retriever's 95 %) or within absolute_margin of it, by the model as it trains (one no-grad pass
+    # over the replaced rows). None: off (`mine` filters the candidate lists already, by default)
+    relative_margin: float | None = None
+    absolute_margin: float | None = None
     initial_score: Literal["first_seen", "forward"] = "first_seen"  # how S_initial of new negatives is measured
     tasks: list[str] | None = None  # None: every retrieval task whose rows name candidate ids
     batch_size: int = 64  # queries per forward pass when measuring S_initial
+
+    @property
+    def filters_false_negatives(self) -> bool:
+        return self.relative_margin is not None or self.absolute_margin is not None
 
 
 @dataclass
@@ -368,6 +382,9 @@ def _check_mining(stage: StageConfig, p: str, src) -> None:
     _positive(m.ratio, f"{key}.ratio", src)
     _positive(m.max_score, f"{key}.max_score", src)
     _positive(m.batch_size, f"{key}.batch_size", src)
+    if not m.weight_drop > 1:
+        raise InputError(f"{key}.weight_drop must be > 1, got {m.weight_drop}", path=src, field=f"{key}.weight_drop")
+    check_margins(m, key, src)
     for name in m.tasks or []:
         if name not in stage.tasks or stage.tasks[name].kind != "retrieval":
             retrieval = [t for t, c in stage.tasks.items() if c.kind == "retrieval"]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from conan_embed.errors import InputError
-from conan_embed.files import write_json
+from conan_embed.files import content_digest, write_json
 from conan_embed.training.batching import build_composer
 from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
                                             truncate_log)
@@ -167,10 +167,33 @@ def _prepare_folder(recipe: Recipe, name: str, paths: StagePaths, fingerprint: d
     saved = read_marker(checkpoint).get("fingerprint", {})
     diff = changed_keys(saved, fingerprint)
     if diff:
-        raise InputError(f"cannot resume stage {name!r} from {checkpoint}: the recipe changed since it was "
-                         f"written ({', '.join(diff[:8])}); pass --overwrite to start the stage again",
-                         path=recipe.source, field=diff[0])
+        raise InputError(f"cannot resume stage {name!r} from {checkpoint}: the recipe or its data changed since it "
+                         f"was written ({_changes(diff, recipe.stage(name), recipe)}); pass --overwrite to start the "
+                         f"stage again", path=recipe.source, field=diff[0])
     return checkpoint
+
+
+def data_digests(stage, data_dir) -> dict:
+    """Per task, the sha256 of its file and corpus: resuming on a re-mined candidate file of the same name (even
+    the same size) would point the saved mining state and the data order into another ranking."""
+    out = {}
+    for name, task in stage.tasks.items():
+        files = {"file": task.file, **({"corpus": task.corpus} if task.corpus else {})}
+        out[name] = {k: content_digest(Path(data_dir) / f) for k, f in files.items() if (Path(data_dir) / f).exists()}
+    return out
+
+
+def _changes(diff: list[str], stage, recipe: Recipe) -> str:
+    """The changed keys, with a changed data file named by its path."""
+    named = []
+    for key in diff[:8]:
+        parts = key.split(".")
+        if parts[0] == "data" and len(parts) == 3 and parts[1] in stage.tasks:
+            path = Path(recipe.data.dir) / getattr(stage.tasks[parts[1]], parts[2])
+            named.append(f"the contents of {path} (task {parts[1]}'s {parts[2]})")
+        else:
+            named.append(key)
+    return ", ".join(named)
 
 
 @contextlib.contextmanager
@@ -240,13 +263,14 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
     paths = stage_paths(recipe, name)
     init_path = init_model_path(recipe, name)
     fingerprint = stage_fingerprint(stage, model=asdict(recipe.model), seed=recipe.seed, init=str(init_path),
-                                    data_dir=str(Path(recipe.data.dir).resolve()))
+                                    data_dir=str(Path(recipe.data.dir).resolve()),
+                                    data=data_digests(stage, recipe.data.dir))
     summary = read_summary(paths)
     if summary is not None and resume and not overwrite:
         diff = changed_keys(summary.get("fingerprint", {}), fingerprint)
         if diff:
-            raise InputError(f"stage {name!r} finished with other settings ({', '.join(diff[:8])}); pass "
-                             f"--overwrite to train it again", path=recipe.source, field=diff[0])
+            raise InputError(f"stage {name!r} finished with other settings or data ({_changes(diff, stage, recipe)}); "
+                             f"pass --overwrite to train it again", path=recipe.source, field=diff[0])
         return summary
     tasks = load_tasks(stage.tasks, recipe.data.dir, key=f"stages.{name}.tasks")
     init_from_launch()  # several processes: rank 0 alone touches the stage folder outside training

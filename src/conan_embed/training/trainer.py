@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers.trainer_callback import PrinterCallback
 
 from conan_embed.files import write_json
-from conan_embed.losses import CBBLoss, CoSENTLoss, InfoNCELoss, MatryoshkaLoss
+from conan_embed.losses import CBBLoss, CoSENTLoss, InfoNCELoss, MatryoshkaLoss, cbb_step_loss
 from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
@@ -73,7 +73,7 @@ def task_loss_module(task: TrainingTask, dims, composer: ComposerConfig) -> Matr
     if task.kind == "sts":
         inner = CoSENTLoss(cfg.scale)
     elif composer.name == "cbb":
-        inner = CBBLoss(cfg.temperature, beta=composer.beta, in_batch=in_batch)
+        inner = CBBLoss(cfg.temperature, in_batch=in_batch)
     else:
         inner = InfoNCELoss(cfg.temperature, in_batch=in_batch)
     return MatryoshkaLoss(inner, sorted(dims))
@@ -269,21 +269,13 @@ class ConanTrainer(SentenceTransformerTrainer):
         return self._gather_group
 
     def balanced_loss(self, model, parts: tuple[StepPlan, ...]) -> Tensor:
-        """A cross-GPU batch balance micro-batch on this process (docs/cbb.md):
-        Σ_retrieval w·L_CBB(q, p, every retrieval rank's negatives) + β·mean_STS-batches Σ_sts w·CoSENT.
-
-        Each process returns its own part, scaled so that the gradient Hugging Face averages over the W
-        processes equals the one-process loss's: retrieval terms by W over the processes that compute
-        them (the gather's backward sums the N ranks' identical query-side losses into every rank's
-        negatives), STS terms by W/S (each of the S batches runs once). With one process: 1 and 1/S."""
+        """A cross-GPU batch balance micro-batch on this process (docs/cbb.md): each task's weighted term,
+        composed and scaled for this process by `cbb_step_loss`."""
         roles, composer = self.composer.roles, self.loss.composer
         world = len(roles)
-        retrieval_scale = world / sum(r.retrieval for r in roles)
-        sts_scale = world / composer.sts_ranks if composer.sts_ranks else 0.0  # no STS task then
-        total = 0.0
         # STS first: on an STS rank the gathers below then come last in the graph and first in backward
-        for plan in (p for p in parts if self.tasks[p.task].kind == "sts"):
-            total = total + sts_scale * composer.beta * self.plan_loss(model, plan)
+        sts = [self.plan_loss(model, plan) for plan in parts if self.tasks[plan.task].kind == "sts"]
+        retrieval = []
         mine = {p.task: p for p in parts}
         for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
             if task.name not in mine:
@@ -292,7 +284,7 @@ class ConanTrainer(SentenceTransformerTrainer):
                     if self.cached(task):  # the retrieval ranks back-propagate through this gather now
                         placeholder.backward()
                         placeholder = placeholder.detach()
-                    total = total + placeholder
+                    retrieval.append(placeholder)
                 continue
             plan = mine[task.name]
             _, batch = self.plan_texts(plan)
@@ -305,8 +297,9 @@ class ConanTrainer(SentenceTransformerTrainer):
             out = self.loss.task_losses[task.name].details(emb["query"], emb["positive"], negatives)
             loss = task.config.loss.weight * out.loss
             self.record(task, plan, batch, loss, out)
-            total = total + retrieval_scale * (cache.attach(loss) if cache is not None else loss)
-        return total
+            retrieval.append(cache.attach(loss) if cache is not None else loss)
+        return cbb_step_loss(retrieval, sts, beta=composer.beta, sts_batches=composer.sts_ranks, processes=world,
+                             retrieval_processes=sum(r.retrieval for r in roles))
 
     def gather_shares(self, local: Tensor | None, task: TrainingTask) -> Tensor:
         """[N, batch_size, K, D]: every retrieval rank's share of its rows' negatives, with gradients, on
