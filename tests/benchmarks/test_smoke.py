@@ -160,9 +160,9 @@ def test_dhnm_vs_static(tmp_path, train_data, train_bert):
                                                            "max_rows": 8}}
     recipe["eval"]["tasks"] = ["Retrieval", "Reranking"]
     out, _ = run_script("dhnm_vs_static.py", "--recipe", write_recipe(tmp_path / "dhnm.yaml", recipe), "--seeds", 1,
-                        "--quiet", "--output", tmp_path / "out", tmp_path=tmp_path)
-    result_line(out, "dhnm_vs_static", {"seeds", "retrieval_static", "retrieval_dynamic", "reranking_static",
-                                        "reranking_dynamic", "minutes", "ratio"})
+                        "--quiet", "--output", tmp_path / "out", "--rules", "conan-v2", tmp_path=tmp_path)
+    result_line(out, "dhnm_vs_static", {"seeds", "retrieval_static", "retrieval_dynamic-conan-v2", "reranking_static",
+                                        "reranking_dynamic-conan-v2", "replaced_dynamic-conan-v2", "minutes", "ratio"})
     for name in ("report.md", "results.json", "negatives.png"):
         assert (tmp_path / "out" / name).is_file(), name
 

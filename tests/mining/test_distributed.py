@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from conan_embed.mining.dynamic import STATE_FILE
@@ -23,8 +24,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_agree_after_a_check(recipe_dict, tmp_path):
-    recipe_dict["stages"]["finetune"]["mining"] = {"mode": "dynamic", "check_every": 2, "batch_size": 3}
+@pytest.mark.parametrize("margin", [None, 0.05], ids=["windows", "false-negative-filter"])
+def test_two_processes_agree_after_a_check(recipe_dict, tmp_path, margin):
+    """With the filter, each process scores its shard of the replaced rows' candidates."""
+    recipe_dict["stages"]["finetune"]["mining"] = {"mode": "dynamic", "check_every": 2, "batch_size": 3,
+                                                   "relative_margin": margin}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
     out = tmp_path / "states"
@@ -37,6 +41,7 @@ def test_two_processes_agree_after_a_check(recipe_dict, tmp_path):
     single.on_step_records(None, dist_worker.State(1, 0), records[0][0] + records[1][0])
     single.on_step_records(None, dist_worker.State(2, 0), records[0][1] + records[1][1])
     assert single.totals["retrieval"]["replaced"] > 0
+    assert (single.totals["retrieval"]["false_negatives_dropped"] > 0) == (margin is not None)
     (tmp_path / "single").mkdir()
     single.save(tmp_path / "single")
 

@@ -14,11 +14,16 @@ ranked candidates (`negative_window`). The choices the paper leaves open are rec
   conditions of a training step (train mode, autocast, prompts, caps): the paper's "about one training
   step per check", which grows with the number of sets replaced (docs/mining.md).
 - The initial window counts as i = 1, so the r-th replacement takes window i = r + 1 (with a fixed
-  ranking the formula's i = 1 would hand back the set just found exhausted).
+  ranking the formula's i = 1 would hand back the set just found exhausted). A row's cursor marks its
+  next unused candidate: with false-negative filtering (`relative_margin`) a replacement skips the
+  likely false negatives and the windows stop being fixed ranks.
+- A check judges a row only on a score seen since the previous check (stale rows wait), and the rule
+  asks for a drop relative to |S_initial|, so an unchanged negative score is not "exhausted".
+- `rule: loss-weight` (ours) judges the margin to the positive in the loss's units instead of raw cosines.
 - A row whose list has no full next window keeps its current set and is not checked again
   ("out of candidates").
 
-State lives in arrays per task (8 numbers per row plus the current ids): it holds for millions of rows.
+State lives in arrays per task (11 numbers per row plus the current ids): it holds for millions of rows.
 With several processes, each process's observations are gathered and applied in rank order by every
 process, the check is a pure function of that state, and the S_initial pass is split across
 processes and gathered: every process holds the same negatives (tests/mining/test_distributed.py).
@@ -229,7 +234,6 @@ class DynamicHardNegativeMiner(StepRecordCallback):
         One no-grad pass over the rows' queries, positives and candidates (2n at a time), split across
         processes. Returns (ids, new cursors, fits, S_initial = the kept candidates' mean cosine, dropped)."""
         import torch
-        import torch.nn.functional as F
 
         t, st, n = self.tasks[task], self.states[task], self.tasks[task].config.negatives.count
         rank, world = rank_and_world()
@@ -240,9 +244,9 @@ class DynamicHardNegativeMiner(StepRecordCallback):
         if len(mine):
             self._require_encoder()
             with torch.no_grad():
-                q = F.normalize(self._encode([t.rows[r]["query"] for r in mine], "query", t).float(), dim=-1)
+                q = self._embed([t.rows[r]["query"] for r in mine], "query", t)
                 positives = [t.rows[r]["positives"] for r in mine]
-                p = F.normalize(self._encode([x for ps in positives for x in ps], "passage", t).float(), dim=-1)
+                p = self._embed([x for ps in positives for x in ps], "passage", t)
                 owner = torch.repeat_interleave(torch.tensor([len(ps) for ps in positives]))
                 positive = torch.full((len(mine),), -2.0).scatter_reduce(0, owner, (q[owner] * p).sum(-1), "amax")
                 limit = false_negative_limit(positive.numpy(), self.config.relative_margin, self.config.absolute_margin)
@@ -253,7 +257,7 @@ class DynamicHardNegativeMiner(StepRecordCallback):
                     pools = [t.candidates[mine[i], cursor[i]: min(cursor[i] + 2 * n, t.candidate_counts[mine[i]])]
                              for i in todo]
                     texts = [t.corpus_texts[j] for pool in pools for j in pool]
-                    emb = F.normalize(self._encode(texts, "passage", t).float(), dim=-1) if texts else None
+                    emb = self._embed(texts, "passage", t) if texts else None
                     at, still = 0, []
                     for i, pool in zip(todo, pools):
                         cos = (emb[at: at + len(pool)] @ q[i]).numpy() if len(pool) else np.zeros(0)
@@ -300,6 +304,16 @@ class DynamicHardNegativeMiner(StepRecordCallback):
                 d = F.normalize(d, dim=-1).reshape(len(chunk), ids.shape[1], -1)
                 scores[at: at + len(chunk)] = torch.einsum("bd,bkd->bk", q, d).mean(1).cpu().numpy()
         return unshard(gather_objects(scores), np.zeros(len(rows), dtype=np.float32))
+
+    def _embed(self, texts: list[str], field: str, task) -> "torch.Tensor":
+        """Normalised float32 embeddings on the CPU, encoded batch_size x (1 + n) texts at a time (the size of
+        one measuring pass)."""
+        import torch
+        import torch.nn.functional as F
+
+        chunk = self.config.batch_size * (1 + task.config.negatives.count)
+        return torch.cat([F.normalize(self._encode(texts[at: at + chunk], field, task).float(), dim=-1).cpu()
+                          for at in range(0, len(texts), chunk)])
 
     def _require_encoder(self):
         if self._encode is None:
