@@ -100,8 +100,8 @@ def test_two_processes_train_as_one_with_virtual_ranks(recipe_dict, tmp_path, be
         two["stages"]["finetune"]["deepspeed"] = str(RECIPES / "ds_zero1.json")
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(two, sort_keys=False))
-    # DeepSpeed compiles a CPU op on first use (~35 s) into torch's extensions folder (~/.cache/torch_extensions),
-    # which later runs and clean clones reuse
+    # DeepSpeed compiles a CPU op on first use into torch's extensions folder (~/.cache/torch_extensions): ~35 s
+    # once per virtual environment
     done = subprocess.run([sys.executable, str(WORKER), str(path), "2", str(_free_port())], capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
