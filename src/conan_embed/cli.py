@@ -425,11 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ablation", help="the paper's Table 3: from one pre-trained model, fine-tune vanilla, "
-                                        "CBB only, DHNM only and both, over seeds (docs/reproducing.md)")
+                                        "CBB only, DHNM (two rules), both, and both with a false-negative filter, over seeds "
+                                        "(docs/reproducing.md)")
     p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/ablation-cpu.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
     p.add_argument("--seeds", type=int, default=3, help="seeds: the recipe's seed, +1, ... (default: %(default)s)")
-    p.add_argument("--rows", help="comma-separated rows (default: vanilla,CBB only,DHNM only,CBB + DHNM)")
+    p.add_argument("--rows", help="comma-separated rows (default: all of vanilla, CBB only, DHNM (paper rule), "
+                                  "DHNM (loss-weight), CBB + DHNM, + false-negative filter)")
     p.add_argument("--output", help="folder (default: the recipe's output_dir/ablation); finished work there is reused")
     p.set_defaults(func=cmd_ablation)
     return parser

@@ -4,15 +4,20 @@ The recipe's stages before the last (pre-training) and its `mine:` step run once
 The last stage is the fine-tuning the rows vary; every row, at every seed, starts from that one
 pre-trained model with the same data and steps:
 
-    vanilla      tasks in turn (sequential composer), static hard negatives
-    CBB only     cross-GPU batch balance, static hard negatives
-    DHNM only    tasks in turn, dynamic hard negative mining
-    CBB + DHNM   both: the Conan recipe
+    vanilla               tasks in turn (sequential composer), static hard negatives
+    CBB only              cross-GPU batch balance, static hard negatives
+    DHNM (paper rule)     tasks in turn, dynamic hard negative mining with the paper's rule (the recipe's
+                          check interval and constants)
+    DHNM (loss-weight)    tasks in turn, dynamic mining with our scale-free rule (docs/mining.md)
+    CBB + DHNM            both: the Conan recipe, with the recommended rule (`RECOMMENDED`)
+    + false-negative filter   CBB + DHNM, replacements skipping likely false negatives (95 % of the positive)
 
 The pre-trained model ("pre-training only", the paper's baseline; the base model when the recipe has a
 single stage) and every fine-tuned one are scored with the recipe's `eval` settings. Writes ablation.md
 (rows = methods, columns = categories + Avg and the guard tasks, mean ± std over seeds, per dim),
-ablation.png (bars with error bars) and ablation.json. A finished training or evaluation is reused, so
+ablation.png (bars with error bars) and ablation.json; each row's paired difference from vanilla (seed by
+seed) with a 95 % t-interval; what dynamic mining did in each dynamic row (sets replaced, stale rows,
+false negatives dropped). A finished training or evaluation is reused, so
 an interrupted ablation continues where it stopped. The recipe's `merge:` is not applied (the paper's
 table has none).
 """
@@ -20,6 +25,7 @@ table has none).
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import sys
 import time
@@ -34,10 +40,19 @@ from conan_embed.training.launch import barrier, init_from_launch, launched_rank
 from conan_embed.training.run import check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe
 from conan_embed.training.stage import init_model_path, read_summary, stage_paths, train_stage
 
-# row -> (composer, mining mode)
-ROWS = {"vanilla": ("sequential", "static"), "CBB only": ("cbb", "static"),
-        "DHNM only": ("sequential", "dynamic"), "CBB + DHNM": ("cbb", "dynamic")}
-PAPER_AVG = {"pre-training only": 62.9, "vanilla": 68.8, "CBB only": 70.4, "DHNM only": 71.2, "CBB + DHNM": 72.62}
+# the rule the Conan rows use: the one that acts and helps at CPU scale (docs/reproducing.md)
+RECOMMENDED = {"mode": "dynamic", "rule": "loss-weight"}
+# row -> (composer, mining settings laid over the recipe's)
+ROWS = {
+    "vanilla": ("sequential", {"mode": "static"}),
+    "CBB only": ("cbb", {"mode": "static"}),
+    "DHNM (paper rule)": ("sequential", {"mode": "dynamic", "rule": "paper"}),
+    "DHNM (loss-weight)": ("sequential", {"mode": "dynamic", "rule": "loss-weight"}),
+    "CBB + DHNM": ("cbb", RECOMMENDED),
+    "+ false-negative filter": ("cbb", {**RECOMMENDED, "relative_margin": 0.05}),
+}
+PAPER_AVG = {"pre-training only": 62.9, "vanilla": 68.8, "CBB only": 70.4, "DHNM (paper rule)": 71.2,
+             "CBB + DHNM": 72.62}
 
 
 def _log(msg: str) -> None:
@@ -45,7 +60,8 @@ def _log(msg: str) -> None:
 
 
 def _slug(row: str) -> str:
-    return row.lower().replace(" + ", "-").replace(" ", "-")
+    """A folder name: "CBB + DHNM" -> cbb-dhnm, "DHNM (paper rule)" -> dhnm-paper-rule."""
+    return re.sub(r"[^a-z0-9]+", "-", row.lower()).strip("-")
 
 
 def check_rows(rows) -> list[str]:
@@ -57,13 +73,13 @@ def check_rows(rows) -> list[str]:
 
 def row_recipe(recipe: Recipe, row: str, seed: int, pretrained: Path, output: Path) -> Recipe:
     """The recipe's last stage alone, set up as `row`, from the pre-trained model, into its own folder."""
-    composer, mode = ROWS[check_rows([row])[0]]
+    composer, mining = ROWS[check_rows([row])[0]]
     name = list(recipe.stages)[-1]
     stage = recipe.stages[name]
     if composer == "cbb":
         composer = stage.composer if stage.composer_config.name == "cbb" else ComposerConfig(name="cbb")
     stage = dataclasses.replace(stage, init=str(pretrained), composer=composer,
-                                mining=dataclasses.replace(stage.mining, mode=mode))
+                                mining=dataclasses.replace(stage.mining, **mining))
     return dataclasses.replace(recipe, stages={name: stage}, seed=seed, output_dir=str(output / f"{_slug(row)}-seed{seed}"),
                                curate=None, mine=None, merge=None)
 
@@ -141,6 +157,10 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     for dim, table in tables.items():
         lines += [f"## dim {dim or 'full'}", "", *table, ""]
     first = dims[0]
+    if "vanilla" in scores:
+        lines += [f"## Paired difference from vanilla (dim {first or 'full'})", "",
+                  "Each row minus vanilla, seed by seed: mean and 95 % t-interval over the seeds (an interval "
+                  "that holds 0 is no difference at this scale).", "", *paired_table(scores, first, "vanilla"), ""]
     lines += ordering_lines({row: [column_value(s[first], "Avg") for s in runs] for row, runs in scores.items()},
                             baseline)
     lines += ["", *mining_lines(runs, twins)]
@@ -159,11 +179,13 @@ def mining_lines(runs: list[tuple[str, int, Recipe]], twins: list[str]) -> list[
     """What dynamic hard-negative mining did in each dynamic row: checks and sets replaced per seed."""
     lines = ["## Dynamic hard negatives", ""]
     for row, seed, r in runs:
-        if ROWS[row][1] != "dynamic":
+        if ROWS[row][1]["mode"] != "dynamic":
             continue
         mining = (read_summary(stage_paths(r, next(iter(r.stages)))) or {}).get("mining") or {}
         counts = ", ".join(f"{task}: {m['checks']} checks, {m['replaced']} sets replaced ({m['rows_replaced']} of "
-                           f"{m['rows']} rows)" for task, m in mining.items())
+                           f"{m['rows']} rows), {m.get('stale', 0)} stale rows skipped, "
+                           f"{m.get('false_negatives_dropped', 0)} false negatives dropped"
+                           for task, m in mining.items())
         lines.append(f"- {row}, seed {seed}: {counts or 'no mining summary'}")
     if twins:
         lines += ["", ("Rows whose model is bit-identical to an earlier row's (no set replaced, so the dynamic "
@@ -188,12 +210,41 @@ def ablation_table(scores: dict[str, list[dict]], dim) -> list[str]:
     return lines
 
 
+def paired_table(scores: dict[str, list[dict]], dim, reference: str) -> list[str]:
+    """Markdown rows = methods other than `reference` (with as many runs, in the same seed order), columns as
+    `ablation_table`: the mean of the per-seed differences and its 95 % t-interval."""
+    columns = score_columns(next(iter(scores.values()))[0][dim])
+    ref = scores[reference]
+    lines = ["| method − vanilla | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row, runs in scores.items():
+        if row == reference or len(runs) != len(ref):
+            continue
+        cells = []
+        for c in columns:
+            mean, low, high = paired_interval([column_value(a[dim], c) - column_value(b[dim], c)
+                                               for a, b in zip(runs, ref)])
+            cells.append(f"{100 * mean:+.2f}" + (f" [{100 * low:+.2f}, {100 * high:+.2f}]" if low is not None else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) of the differences: Student's t-interval over the seeds (no interval from one)."""
+    from scipy import stats
+
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def ordering_lines(avg: dict[str, list[float]], baseline: str) -> list[str]:
     """Whether the paper's ordering holds on the Avg means: both >= each alone >= vanilla >= baseline."""
     means = {row: statistics.mean(v) for row, v in avg.items()}
     spread = max((statistics.stdev(v) for v in avg.values() if len(v) > 1), default=0.0)
-    pairs = [("CBB + DHNM", "CBB only"), ("CBB + DHNM", "DHNM only"), ("CBB only", "vanilla"),
-             ("DHNM only", "vanilla"), ("vanilla", baseline)]
+    pairs = [("CBB + DHNM", "CBB only"), ("CBB + DHNM", "DHNM (loss-weight)"), ("CBB only", "vanilla"),
+             ("DHNM (paper rule)", "vanilla"), ("DHNM (loss-weight)", "vanilla"), ("vanilla", baseline)]
     lines = ["## The paper's ordering (Avg)", "",
              "Paper (C-MTEB Avg, Table 3): " + ", ".join(f"{k} {v}" for k, v in PAPER_AVG.items()) + ".", ""]
     for hi, lo in pairs:
