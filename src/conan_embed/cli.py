@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "training task's max_rows takes; default: all)")
     p.add_argument("--rerank-top", type=int, help="rank only the rows' positives and their first N input "
                    "`candidates` (re-rank an existing ranking) instead of the whole corpus")
-    p.add_argument("--relative-margin", type=float, default=0.05,
+    p.add_argument("--relative-margin", type=float, default=0.0,
                    help="drop candidates scoring above (1 - this) x the row's best positive: likely false negatives "
-                        "(default: %(default)s, i.e. 95 %%; -1: off)")
+                        "(default: %(default)s, above the positive itself; NV-Retriever: 0.05; -1: off)")
     p.add_argument("--absolute-margin", type=float, help="also drop candidates within this cosine of the positive")
     _add_backend_args(p)
     p.set_defaults(func=cmd_mine)

@@ -38,7 +38,7 @@ def test_rows_differ_only_in_composer_and_mining(ablation_recipe, tmp_path):
         "DHNM (paper rule)": ("sequential", "dynamic", "paper", None),
         "DHNM (loss-weight)": ("sequential", "dynamic", "loss-weight", None),
         "CBB + DHNM": ("cbb", "dynamic", "loss-weight", None),
-        "+ false-negative filter": ("cbb", "dynamic", "loss-weight", 0.05)}
+        "+ false-negative filter": ("cbb", "dynamic", "loss-weight", 0.0)}
     assert all(list(r.stages) == ["finetune"] and r.seed == 8 and r.merge is None for r in rows.values())
     assert {s.init for s in stages.values()} == {str(tmp_path / "pre")}
     assert len({r.output_dir for r in rows.values()}) == 6
