@@ -3,7 +3,6 @@ equal to one process that saw every row."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,11 @@ import pytest
 import yaml
 
 from conan_embed.mining.dynamic import STATE_FILE
+from conan_embed.serving.local import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_worker  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("margin", [None, 0.05], ids=["windows", "false-negative-filter"])
@@ -32,7 +27,7 @@ def test_two_processes_agree_after_a_check(recipe_dict, tmp_path, margin):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
     out = tmp_path / "states"
-    done = subprocess.run([sys.executable, str(Path(dist_worker.__file__)), str(path), str(out), str(_free_port())],
+    done = subprocess.run([sys.executable, str(Path(dist_worker.__file__)), str(path), str(out), str(free_port())],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

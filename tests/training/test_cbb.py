@@ -3,7 +3,6 @@ training exactly as several real gloo processes do (loss, gradient norm and weig
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import yaml
 
 from conan_embed.errors import InputError
+from conan_embed.serving.local import free_port
 from conan_embed.training.batching import CrossGPUBatchBalance
 from conan_embed.training.callbacks import read_log
 from conan_embed.training.config import ComposerConfig, recipe_from_dict
@@ -65,11 +65,6 @@ def _recipe(recipe_dict, tmp_path, name, composer, *, sts=True):
     return dict(recipe_dict, stages={"finetune": stage}, output_dir=str(tmp_path / name))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def bert_without_dropout(train_data, tmp_path_factory):
@@ -102,7 +97,7 @@ def test_two_processes_train_as_one_with_virtual_ranks(recipe_dict, tmp_path, be
     path.write_text(yaml.safe_dump(two, sort_keys=False))
     # DeepSpeed compiles a CPU op on first use into torch's extensions folder (~/.cache/torch_extensions): ~35 s
     # once per virtual environment
-    done = subprocess.run([sys.executable, str(WORKER), str(path), "2", str(_free_port())], capture_output=True,
+    done = subprocess.run([sys.executable, str(WORKER), str(path), "2", str(free_port())], capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     two = recipe_from_dict(two)

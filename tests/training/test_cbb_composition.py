@@ -12,7 +12,6 @@ gradients, averaged as data-parallel training does, must be L's. The worker also
 from __future__ import annotations
 
 import copy
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 from conan_embed.losses import cbb_loss, cosent
+from conan_embed.serving.local import free_port
 from conan_embed.training.config import recipe_from_dict
 from conan_embed.training.stage import build_trainer
 
@@ -28,11 +28,6 @@ WORKER = Path(__file__).with_name("cbb_step_worker.py")
 DIMS = (16, 32, 48)  # the tiny recipe's Matryoshka dims and its 48-dim head
 BETA = 0.6
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _recipe(recipe_dict, tmp_path, composer: dict) -> dict:
@@ -144,7 +139,7 @@ def test_three_processes_step_is_the_formula(no_dropout_recipe, tmp_path):
     recipe_dict = _recipe(no_dropout_recipe, tmp_path, {"sts_ranks": 1})
     path, out = tmp_path / "three.yaml", tmp_path / "step.pt"
     path.write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
-    done = subprocess.run([sys.executable, str(WORKER), str(path), "3", str(_free_port()), str(out)],
+    done = subprocess.run([sys.executable, str(WORKER), str(path), "3", str(free_port()), str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     saved = torch.load(out)

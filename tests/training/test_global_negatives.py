@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from conan_embed.errors import InputError
+from conan_embed.serving.local import free_port
 from conan_embed.training.batching import SequentialTasks
 from conan_embed.training.callbacks import read_log
 from conan_embed.training.config import in_batch_scope, recipe_from_dict
@@ -24,13 +25,6 @@ from conan_embed.training.tasks import load_tasks
 
 HERE = Path(__file__).parent
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_split_global_batch():
@@ -42,7 +36,7 @@ def test_split_global_batch():
 def test_gather_order_on_two_processes():
     """Rows of different counts (3 and 2, padded to 3): each process finds its own rows at `offset + i`,
     padding is marked invalid, the loss scale evens out the counts, and gradients return to their rows."""
-    done = subprocess.run([sys.executable, str(HERE / "gather_worker.py"), str(_free_port())], capture_output=True,
+    done = subprocess.run([sys.executable, str(HERE / "gather_worker.py"), str(free_port())], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -107,7 +101,7 @@ def _stage_recipe(recipe_dict, tmp_path, name, batch, *, in_batch=True, mini_bat
 def _train_on_two(recipe: dict, tmp_path) -> None:
     path = tmp_path / f"{Path(recipe['output_dir']).name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    done = subprocess.run([sys.executable, str(HERE / "stage_worker.py"), str(path), "2", str(_free_port())],
+    done = subprocess.run([sys.executable, str(HERE / "stage_worker.py"), str(path), "2", str(free_port())],
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -62,6 +62,11 @@ def check_mine_config(config: MineConfig, prefix: str = "", source=None) -> Mine
     return config
 
 
+def filters_false_negatives(config) -> bool:
+    """Whether a mine or mining config drops likely false negatives (either margin set)."""
+    return config.relative_margin is not None or config.absolute_margin is not None
+
+
 def check_margins(config, key: str, source=None) -> None:
     """relative_margin in [0, 1) and absolute_margin >= 0 (or None) on a mining or mine config."""
     prefix = f"{key}." if key else ""

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from conan_embed.errors import InputError
-from conan_embed.mining.rule import false_negative_limit, is_exhausted
+from conan_embed.mining.rule import false_negative_limit, is_exhausted, loss_weight_fell
 from conan_embed.training.callbacks import StepRecordCallback
 from conan_embed.training.config import MiningConfig
 from conan_embed.training.distributed import gather_objects, rank_and_world, shard, unshard
@@ -167,11 +167,8 @@ class DynamicHardNegativeMiner(StepRecordCallback):
         fresh = st.seen_step > self.totals[task]["last_check_step"]
         checked = ready & fresh
         if cfg.rule == "loss-weight":
-            # the set's weight exp((S_now - S_positive) / τ) in the loss fell by weight_drop: its margin grew
-            tau = self.tasks[task].config.loss.temperature
-            with np.errstate(invalid="ignore"):
-                grown = (st.s_positive - st.s_now) - (st.s_positive_initial - st.s_initial)
-                hit = checked & (grown > tau * np.log(cfg.weight_drop))
+            hit = checked & loss_weight_fell(st.s_initial, st.s_now, st.s_positive_initial, st.s_positive,
+                                             self.tasks[task].config.loss.temperature, cfg.weight_drop)
         else:
             hit = checked & is_exhausted(st.s_initial, st.s_now, cfg.ratio, cfg.max_score, absolute=cfg.absolute)
         if cfg.min_initial is not None:
@@ -224,8 +221,7 @@ class DynamicHardNegativeMiner(StepRecordCallback):
         begin = st.cursor[rows]
         fits = begin + n <= t.candidate_counts[rows]
         take = np.minimum(begin[:, None] + np.arange(n), t.candidates.shape[1] - 1)
-        ids = t.candidates[rows[:, None], take] if len(rows) else np.zeros((0, n), np.int32)
-        return ids, begin + n, fits, np.full(len(rows), np.nan, dtype=np.float32), 0
+        return t.candidates[rows[:, None], take], begin + n, fits, np.full(len(rows), np.nan, dtype=np.float32), 0
 
     def next_filtered(self, task: str, rows: np.ndarray):
         """The next n candidates after each row's cursor that are not likely false negatives: a candidate

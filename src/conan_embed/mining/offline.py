@@ -26,8 +26,8 @@ import numpy as np
 
 from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
-from conan_embed.files import content_digest, write_json, write_text_atomic
-from conan_embed.mining.config import MineConfig, check_mine_config
+from conan_embed.files import content_digest, write_json
+from conan_embed.mining.config import MineConfig, check_mine_config, filters_false_negatives
 from conan_embed.mining.rule import false_negative_limit
 
 CACHE_VERSION = 1
@@ -218,7 +218,7 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     index = build_index(corpus_emb, config)
-    filtering = config.relative_margin is not None or config.absolute_margin is not None
+    filtering = filters_false_negatives(config)
     positive = np.full(len(rows), np.nan)
     if filtering:
         positive = positive_scores(st_model, rows, excluded, corpus_emb, query_emb, config, model_key,
@@ -248,7 +248,7 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     write_records(output_path, rows, "retrieval")
     audit_file = false_negatives_path(output_path)
     if filtering:
-        write_jsonl_atomic(audit_file, audit)
+        write_records(audit_file, audit)
     else:
         audit_file.unlink(missing_ok=True)
     timings["total_s"] = round(time.perf_counter() - start, 2)
@@ -311,10 +311,6 @@ def false_negatives_path(output_path: str | Path) -> Path:
     """Where `mine` lists the candidates it dropped as likely false negatives, per row, with their scores."""
     output_path = Path(output_path)
     return output_path.with_name(output_path.name.split(".")[0] + ".false_negatives.jsonl")
-
-
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _state_fingerprint(model) -> str:

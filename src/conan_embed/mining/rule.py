@@ -38,6 +38,20 @@ def is_exhausted(initial, current, ratio: float = 1.15, abs_max: float = 0.8, *,
     return bool(out) if out.ndim == 0 else out
 
 
+def loss_weight_fell(initial, current, positive_initial, positive, temperature: float, weight_drop: float = 2.0):
+    """True where the set's weight in the InfoNCE denominator relative to the positive,
+    ``exp((S_now - S_positive) / temperature)``, fell by ``weight_drop`` since the set was first seen: its
+    margin to the positive grew by more than ``temperature * ln(weight_drop)`` (the `loss-weight` rule,
+    ours; arrays; NaN -> False).
+
+    >>> loss_weight_fell([0.8, 0.8], [0.76, 0.77], [0.9, 0.9], [0.9, 0.9], 0.05).tolist()  # margin +0.04, +0.03
+    [True, False]
+    """
+    with np.errstate(invalid="ignore"):
+        grown = (np.asarray(positive) - np.asarray(current)) - (np.asarray(positive_initial) - np.asarray(initial))
+        return grown > temperature * np.log(weight_drop)
+
+
 def negative_window(i: int, n: int, skip: int = 10) -> range:
     """The 0-based candidate ranks of the i-th window (i >= 1) of n negatives, after the top `skip`.
 

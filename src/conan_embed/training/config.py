@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 
 from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
-from conan_embed.mining.config import RecipeMineConfig, check_margins, check_mine_config
+from conan_embed.mining.config import RecipeMineConfig, check_margins, check_mine_config, filters_false_negatives
 from conan_embed.errors import InputError
 from conan_embed.typed_config import build_dataclass, set_override
 
@@ -110,7 +110,7 @@ class MiningConfig:
 
     @property
     def filters_false_negatives(self) -> bool:
-        return self.relative_margin is not None or self.absolute_margin is not None
+        return filters_false_negatives(self)
 
 
 @dataclass
