@@ -20,31 +20,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from _compare import arm_mean, columns_of, parse_args, run_arms, score_table, write_outputs
 
-
-def plot_schedules(runs: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Figure 5: each schedule's loss per step against the share of its run done (a sequential step
-    trains one task, so its curve jumps between the tasks' loss scales; a CBB step sums them all)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for label, steps in runs.items():
-        last = steps[-1]["step"]
-        ax.plot([r["step"] / last for r in steps], [r["loss"] for r in steps], label=label, linewidth=1.2)
-    ax.set_xlabel("share of the run done")
-    ax.set_ylabel("training loss of the step")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+from conan_embed.training.plots import plot_schedule_losses
 
 
 def main(argv=None) -> int:
@@ -65,7 +44,7 @@ def main(argv=None) -> int:
 
     columns = columns_of(base)
     tasks = list(stage.tasks)
-    plot_schedules({a: runs[f"{a}-seed{seeds[0]}"]["steps"] for a in names}, out / "loss.png",
+    plot_schedule_losses({a: runs[f"{a}-seed{seeds[0]}"]["steps"] for a in names}, out / "loss.png",
                    f"{recipe.name}: sequential tasks vs cross-GPU batch balance")
     command = "python benchmarks/cbb_vs_sequential.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Sequential tasks vs cross-GPU batch balance: {recipe.name}", "", recipe.description.strip(), "",

@@ -167,6 +167,18 @@ def test_dhnm_vs_static(tmp_path, train_data, train_bert):
         assert (tmp_path / "out" / name).is_file(), name
 
 
+def test_conan_vs_vanilla(tmp_path, train_data, train_bert):
+    recipe = finetune_recipe(tmp_path, train_data, train_bert, max_steps=4, mining={"check_every": 2})
+    out, _ = run_script("conan_vs_vanilla.py", "--recipe", write_recipe(tmp_path / "h.yaml", recipe), "--seeds", 2,
+                        "--quiet", "--output", tmp_path / "out", tmp_path=tmp_path)
+    fields = result_line(out, "conan_vs_vanilla", {"seeds", "avg_vanilla", "avg_conan", "avg_diff", "avg_low",
+                                                   "avg_high", "retrieval_diff", "replaced_min", "ratio"})
+    scores = json.loads((tmp_path / "out" / "ablation.json").read_text())["scores"]
+    diffs = [c["None"]["avg"] - v["None"]["avg"] for c, v in zip(scores["CBB + DHNM"], scores["vanilla"])]
+    assert float(fields["avg_diff"]) == pytest.approx(100 * sum(diffs) / 2, abs=0.006)
+    assert float(fields["avg_low"]) <= float(fields["avg_diff"]) <= float(fields["avg_high"])
+
+
 def test_merge_tradeoff(tmp_path, train_data, train_bert):
     # no head, so the fine-tuned model merges with its bare base, as the quickstart's e5-small does
     recipe = finetune_recipe(tmp_path, train_data, train_bert, max_steps=2)

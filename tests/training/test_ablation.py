@@ -61,7 +61,8 @@ def test_ablation_writes_the_table_and_reuses_finished_work(ablation_recipe, tmp
     assert "CBB + DHNM ≥ CBB only:" in table and table.strip() in printed  # the table is printed too
     assert "## Paired difference from vanilla (dim full)" in table
     assert "| CBB + DHNM | " in table.split("## Paired difference")[1]
-    assert (out / "ablation.png").stat().st_size > 10_000
+    for figure in ("ablation.png", "figure3.png", "figure5.png"):
+        assert (out / figure).stat().st_size > 10_000, figure
     # every row fine-tuned the one pre-trained model, which trained once
     pretrained = out / "pretrained" / "pretrain" / "model"
     for run in out.glob("*-seed*"):

@@ -36,8 +36,10 @@ from conan_embed.errors import InputError
 from conan_embed.evaluation.forgetting import column_value, score_columns
 from conan_embed.files import write_json, write_text_atomic
 from conan_embed.mining.offline import model_fingerprint
+from conan_embed.training.callbacks import read_log
 from conan_embed.training.config import ComposerConfig, Recipe
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
+from conan_embed.training.plots import plot_hard_negative_scores, plot_schedule_losses
 from conan_embed.training.run import check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe
 from conan_embed.training.stage import init_model_path, read_summary, stage_paths, train_stage
 
@@ -170,11 +172,28 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     write_text_atomic(output / "ablation.md", "\n".join(lines) + "\n")
     plot_ablation({row: [s[first] for s in runs] for row, runs in scores.items()}, output / "ablation.png",
                   f"{recipe.name}: ablation (dim {first or 'full'}, {len(seeds)} seeds)")
+    plot_figures([(row, r) for row, seed, r in runs if seed == seeds[0]], output, f"{recipe.name}, seed {seeds[0]}")
     result = {"recipe": recipe.source, "seeds": seeds, "rows": rows, "baseline": baseline,
               "scores": {row: [{str(d): r for d, r in s.items()} for s in runs] for row, runs in scores.items()}}
     write_json(output / "ablation.json", result)
     print("\n".join(lines))
     return result
+
+
+def plot_figures(runs: list[tuple[str, Recipe]], output: Path, title: str) -> None:
+    """The paper's Figure 3 (figure3.png: positive and hard-negative scores of vanilla and every dynamic row,
+    with the sets replaced at each check) and Figure 5 (figure5.png: the loss of vanilla's tasks in turn
+    against CBB only's balanced steps), from one seed's rows."""
+    logs = {row: stage_paths(r, next(iter(r.stages))).log for row, r in runs}
+    shown = [row for row in logs if row == "vanilla" or ROWS[row][1]["mode"] == "dynamic"]
+    if len(shown) > 1:
+        plot_hard_negative_scores({row: {"steps": read_log(logs[row]), "checks": read_log(logs[row], "dhnm")}
+                                   for row in shown}, output / "figure3.png",
+                                  f"{title}: hard negatives, static vs dynamic")
+    schedules = [row for row in ("vanilla", "CBB only") if row in logs]
+    if len(schedules) == 2:
+        plot_schedule_losses({row: read_log(logs[row]) for row in schedules}, output / "figure5.png",
+                             f"{title}: tasks in turn vs cross-GPU batch balance")
 
 
 def mining_lines(runs: list[tuple[str, int, Recipe]], twins: list[str]) -> list[str]:

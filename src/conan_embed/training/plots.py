@@ -1,5 +1,5 @@
-"""Training plots (matplotlib, Agg): the loss curve, and the paper's Figure 3 (positive and hard-negative
-scores against steps, with dynamic mining's replacements)."""
+"""Training plots (matplotlib, Agg): the loss curve, the paper's Figure 3 (positive and hard-negative
+scores against steps, with dynamic mining's replacements) and Figure 5 (the loss of each schedule)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,19 @@ def plot_loss_curve(logs: dict[str, list[dict]], path: str | Path, title: str = 
             ax.axvline(offset, color="grey", linewidth=0.5, linestyle=":")
     return _finish(plt, fig, ax, path, "step" + (" (stages one after the other)" if len(logs) > 1 else ""), "loss",
                    title)
+
+
+def plot_schedule_losses(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path | None:
+    """Figure 5: each run's loss per step against the share of its run done ({label: log step lines}); a
+    sequential step trains one task, so its curve jumps between the tasks' loss scales, a CBB step sums them."""
+    if not any(runs.values()):
+        return None
+    plt, fig, ax = _figure()
+    for label, steps in runs.items():
+        if steps:
+            last = steps[-1]["step"]
+            ax.plot([r["step"] / last for r in steps], [r["loss"] for r in steps], label=label, linewidth=1.2)
+    return _finish(plt, fig, ax, path, "share of the run done", "training loss of the step", title)
 
 
 def score_series(records: list[dict]) -> dict[str, dict[str, list]]:
