@@ -22,6 +22,8 @@ def test_quickstart_recipe_loads():
     assert r.stages["finetune"].tasks["retrieval"].negatives.skip_top == 10
     assert all(s.precision == "bf16" for s in r.stages.values())
     assert r.eval.size == "quick" and r.eval.dims == [None, 256]
+    assert r.stages["finetune"].mining.rule == "loss-weight"  # the paper's replaces nothing here (docs/mining.md)
+    assert r.merge.models == ["finetune", "pretrain", "model"] and sum(r.merge.weights) == 1
 
 
 def test_conan_v1_recipe_has_the_paper_settings():
