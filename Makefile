@@ -34,8 +34,9 @@ quickstart: setup
 	$(BIN)/conan-embed assets --pruned-only
 	$(BIN)/conan-embed run recipes/quickstart.yaml --resume
 
-# The paper's ablation table (vanilla, CBB only, DHNM only, both; 3 seeds) at CPU scale: under 2 hours
-# on 2 cores, resumable (re-run to continue). Writes runs/ablation-cpu/ablation/{ablation.md,ablation.png}.
+# The paper's ablation table (pre-training only, vanilla, CBB only, DHNM with the paper's and the loss-weight
+# rule, CBB + DHNM, + false-negative filter; 3 seeds) at CPU scale: under 2 hours on 2 cores, resumable
+# (re-run to continue). Writes runs/ablation-cpu/ablation/{ablation.md,ablation.png,figure3.png,figure5.png}.
 reproduce: setup
 	$(BIN)/conan-embed assets --pruned-only
 	$(BIN)/conan-embed ablation recipes/ablation-cpu.yaml --seeds 3
