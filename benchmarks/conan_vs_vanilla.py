@@ -7,7 +7,7 @@ fine-tune (cross-GPU batch balance + dynamic hard negatives with the recommended
 It is `conan-embed ablation <recipe> --rows "vanilla,CBB + DHNM" --seeds N` (one pre-training, then both rows
 at every seed from it, the same data and steps; finished work is reused, so `make reproduce`'s runs count
 when --output is its folder), and it reports the paired difference seed by seed: with 5 seeds a 95 %
-t-interval is about 1.2 standard deviations of the per-seed difference wide on each side, against 2.2 with 3.
+t-interval is about 1.2 standard deviations of the per-seed difference wide on each side, against 2.5 with 3.
 Writes ablation.md / ablation.json / ablation.png into --output.
 
 Last line: RESULT conan_vs_vanilla seeds=N avg_vanilla=.. avg_conan=.. avg_diff=.. avg_low=.. avg_high=..
