@@ -187,9 +187,10 @@ def plot_figures(runs: list[tuple[str, Recipe]], output: Path, title: str) -> No
     logs = {row: stage_paths(r, next(iter(r.stages))).log for row, r in runs}
     shown = [row for row in logs if row == "vanilla" or ROWS[row][1]["mode"] == "dynamic"]
     if len(shown) > 1:
-        plot_hard_negative_scores({row: {"steps": read_log(logs[row]), "checks": read_log(logs[row], "dhnm")}
-                                   for row in shown}, output / "figure3.png",
-                                  f"{title}: hard negatives, static vs dynamic")
+        runs_shown = {row: {"steps": read_log(logs[row]), "checks": read_log(logs[row], "dhnm")} for row in shown}
+        mined = {c["task"] for run in runs_shown.values() for c in run["checks"]} or None  # the tasks mining acts on
+        plot_hard_negative_scores(runs_shown, output / "figure3.png", f"{title}: hard negatives, static vs dynamic",
+                                  tasks=mined)
     schedules = [row for row in ("vanilla", "CBB only") if row in logs]
     if len(schedules) == 2:
         plot_schedule_losses({row: read_log(logs[row]) for row in schedules}, output / "figure5.png",

@@ -82,13 +82,15 @@ def score_series(records: list[dict]) -> dict[str, dict[str, list]]:
 
 
 def plot_hard_negative_scores(runs: dict[str, dict], path: str | Path, title: str = "",
-                              smooth: int = 5) -> Path | None:
+                              smooth: int = 5, tasks=None) -> Path | None:
     """Figure 3 of Conan-Embedding: each run's mean positive score (solid) and mean hard-negative score
     (dashed) against steps, smoothed over `smooth` logged steps, and the sets dynamic mining replaced
-    at each check (bars, right axis). `runs` = {label: {"steps": log step lines, "checks": "dhnm" lines}}."""
+    at each check (bars, right axis). `runs` = {label: {"steps": log step lines, "checks": "dhnm" lines}};
+    `tasks`: only these tasks' scores (None: every task's)."""
     import numpy as np
 
-    series = {label: score_series(run.get("steps") or []) for label, run in runs.items()}
+    series = {label: {t: s for t, s in score_series(run.get("steps") or []).items() if tasks is None or t in tasks}
+              for label, run in runs.items()}
     if not any(series.values()):
         return None
     plt, fig, ax = _figure()
