@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     columns = columns_of(base)
     tasks = list(stage.tasks)
     plot_schedule_losses({a: runs[f"{a}-seed{seeds[0]}"]["steps"] for a in names}, out / "loss.png",
-                   f"{recipe.name}: sequential tasks vs cross-GPU batch balance")
+                         f"{recipe.name}: sequential tasks vs cross-GPU batch balance")
     command = "python benchmarks/cbb_vs_sequential.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Sequential tasks vs cross-GPU batch balance: {recipe.name}", "", recipe.description.strip(), "",
              f"`{command.strip()}`: seeds {', '.join(map(str, seeds))}; sequential {stage.max_steps * len(stage.tasks)} "

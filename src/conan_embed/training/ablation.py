@@ -16,7 +16,8 @@ pre-trained model with the same data and steps:
 The pre-trained model ("pre-training only", the paper's baseline; the base model when the recipe has a
 single stage) and every fine-tuned one are scored with the recipe's `eval` settings. Writes ablation.md
 (rows = methods, columns = categories + Avg and the guard tasks, mean ± std over seeds, per dim),
-ablation.png (bars with error bars) and ablation.json; each row's paired difference from vanilla (seed by
+ablation.png (bars with error bars), figure3.png and figure5.png (the paper's Figures 3 and 5 from the first
+seed) and ablation.json; each row's paired difference from vanilla (seed by
 seed) with a 95 % t-interval; what dynamic mining did in each dynamic row (sets replaced, stale rows,
 false negatives dropped). A finished training or evaluation is reused, so
 an interrupted ablation continues where it stopped. The recipe's `merge:` is not applied (the paper's
