@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import dist_worker  # noqa: E402
 
 
-
 @pytest.mark.parametrize("margin", [None, 0.05], ids=["windows", "false-negative-filter"])
 def test_two_processes_agree_after_a_check(recipe_dict, tmp_path, margin):
     """With the filter, each process scores its shard of the replaced rows' candidates."""

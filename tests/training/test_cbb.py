@@ -65,7 +65,6 @@ def _recipe(recipe_dict, tmp_path, name, composer, *, sts=True):
     return dict(recipe_dict, stages={"finetune": stage}, output_dir=str(tmp_path / name))
 
 
-
 @pytest.fixture(scope="module")
 def bert_without_dropout(train_data, tmp_path_factory):
     """Dropout would draw different masks in each process: the comparison needs none."""

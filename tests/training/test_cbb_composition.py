@@ -29,7 +29,6 @@ DIMS = (16, 32, 48)  # the tiny recipe's Matryoshka dims and its 48-dim head
 BETA = 0.6
 
 
-
 def _recipe(recipe_dict, tmp_path, composer: dict) -> dict:
     stage = copy.deepcopy(recipe_dict["stages"]["finetune"])
     retrieval, sts = stage["tasks"]["retrieval"], stage["tasks"]["sts"]

@@ -26,7 +26,6 @@ from conan_embed.training.tasks import load_tasks
 HERE = Path(__file__).parent
 
 
-
 def test_split_global_batch():
     assert split_global_batch(tuple(range(8)), 2) == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert split_global_batch((9, 8, 7, 6, 5), 3) == [(9, 8), (7, 6), (5,)]
