@@ -12,11 +12,11 @@ from pathlib import Path
 from conan_embed.evaluation.forgetting import column_value as value
 from conan_embed.evaluation.forgetting import score_columns as columns_of
 from conan_embed.files import write_json, write_text_atomic
-from conan_embed.training.ablation import mean_std
+from conan_embed.recipe.ablation import mean_std
+from conan_embed.recipe.runner import evaluate_model, prepare_data, run_recipe
+from conan_embed.recipe.schema import load_recipe
+from conan_embed.recipe.stage_training import init_model_path, stage_paths
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import load_recipe
-from conan_embed.training.run import evaluate_model, prepare_data, run_recipe
-from conan_embed.training.stage import init_model_path, stage_paths
 
 
 def parse_args(doc: str, recipe: str, output: str, argv=None, extra=()):

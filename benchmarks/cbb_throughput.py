@@ -19,10 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conan_embed.recipe.runner import prepare_data
+from conan_embed.recipe.schema import load_recipe
+from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.training.callbacks import StepRecordCallback, read_log
-from conan_embed.training.config import load_recipe
-from conan_embed.training.run import prepare_data
-from conan_embed.training.stage import stage_paths, train_stage
 
 
 class CountExamples(StepRecordCallback):

@@ -24,8 +24,8 @@ import time
 from _compare import parse_args
 
 from conan_embed.evaluation.forgetting import column_value
-from conan_embed.training.ablation import paired_interval, row_recipe, run_ablation
-from conan_embed.training.stage import read_summary, stage_paths
+from conan_embed.recipe.ablation import paired_interval, row_recipe, run_ablation
+from conan_embed.recipe.stage_training import read_summary, stage_paths
 
 ROWS = ["vanilla", "CBB + DHNM"]
 

@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conan_embed.recipe.schema import recipe_from_dict
+from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import recipe_from_dict
-from conan_embed.training.stage import stage_paths, train_stage
 
 
 def _model(kind: str, data_dir: Path, folder: Path) -> str:

@@ -77,7 +77,7 @@ def prepare(work: Path, smoke: bool) -> dict:
 
 
 def _stage_recipe(info: dict, out: Path, device_steps: int, *, padding_free=True, deepspeed=None, smoke=False):
-    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.recipe.schema import recipe_from_dict
 
     batch = 8 if smoke else 32
     stage = {
@@ -108,7 +108,7 @@ def _rate(log_path: Path) -> float:
 def check_varlen(info: dict, smoke: bool) -> str:
     import torch
 
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
     from conan_embed.padding_free import _flash_attn_varlen, _torch_varlen, is_padding_free
     from conan_embed.data.records import read_corpus
 
@@ -170,7 +170,7 @@ def check_varlen(info: dict, smoke: bool) -> str:
 
 
 def check_train(info: dict, smoke: bool, out: Path) -> str:
-    from conan_embed.training.stage import stage_paths, train_stage
+    from conan_embed.recipe.stage_training import stage_paths, train_stage
 
     steps = 6 if smoke else 40
     rates, summaries = {}, {}
@@ -192,7 +192,7 @@ def check_deepspeed(info: dict, smoke: bool, out: Path) -> str:
         return f"status=skipped reason='deepspeed not installed ({exc})'"
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
-    from conan_embed.training.stage import stage_paths, train_stage
+    from conan_embed.recipe.stage_training import stage_paths, train_stage
 
     steps = 4 if smoke else 30
     recipe = _stage_recipe(info, out / "deepspeed", steps, deepspeed=str(HERE.parent / "recipes/ds_zero1.json"),

@@ -32,10 +32,10 @@ from _compare import columns_of, mean_std, parse_args, value  # noqa: E402
 from conan_embed.evaluation.forgetting import TOLERANCE  # noqa: E402
 from conan_embed.files import write_json, write_text_atomic  # noqa: E402
 from conan_embed.merging import merge_models  # noqa: E402
-from conan_embed.training.config import load_recipe  # noqa: E402
-from conan_embed.training.run import evaluate_model, prepare_data, run_recipe  # noqa: E402
-from conan_embed.assets import resolve_model  # noqa: E402
-from conan_embed.training.stage import stage_paths  # noqa: E402
+from conan_embed.model_loading import resolve_model  # noqa: E402
+from conan_embed.recipe.runner import evaluate_model, prepare_data, run_recipe  # noqa: E402
+from conan_embed.recipe.schema import load_recipe  # noqa: E402
+from conan_embed.recipe.stage_training import stage_paths  # noqa: E402
 
 
 def shortfall(base: dict, models: dict | list[dict], category_tolerance: float = 0.0) -> float:
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
         merged = Path(run.output_dir) / "merged"
         runs[seed] = {"recipe": run, "finetuned": stage_paths(run, stage).model, "merged": merged,
                       "auto_weight": json.loads((merged / "merge.json").read_text())["weights"][recipe.merge.models[0]]}
-    base_path = Path(resolve_model(recipe.model.base))
+    base_path = Path(resolve_model(recipe.model.base).location)
 
     def scores(label: str, path: Path, seed: int, split: str) -> dict:
         run = load_recipe(args.recipe, [*args.set, f"seed={seed}", f"output_dir={args.output / f'seed{seed}'}",

@@ -73,7 +73,7 @@ def build_venv(root: Path, requirements: str, torch: str) -> Path:
 
 def sample_texts(n: int) -> dict[str, list[str]]:
     """n insuranceqa test questions and answers (shipped offline), plus a few edge cases."""
-    from conan_embed.backends import probe_texts
+    from conan_embed.onnx_export import probe_texts
 
     queries, passages = probe_texts()
     # no text with surrounding whitespace (nor the empty text): sentence-transformers <= 5 strips every
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| per coordinate (default: %(default)s)")
     args = p.parse_args(argv)
 
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     folder = Path(args.model).resolve()
     python = Path(args.python) if args.python else build_venv(Path(args.venvs), f"{args.stack} numpy<3", args.torch)

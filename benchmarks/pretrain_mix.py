@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 
-from conan_embed.assets import resolve_model
 from conan_embed.evaluation import run_suite
-from conan_embed.modeling import load_embedder
-from conan_embed.training.config import load_recipe
-from conan_embed.training.run import curate_data, prepare_data
-from conan_embed.training.stage import stage_paths, train_stage
+from conan_embed.model_loading import resolve_model
+from conan_embed.model_loading import load_embedder
+from conan_embed.recipe.runner import curate_data, prepare_data
+from conan_embed.recipe.schema import load_recipe
+from conan_embed.recipe.stage_training import stage_paths, train_stage
 
 DIMS = (None, 256)
 
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
                     help="a name and its recipe overrides (comma-separated; empty for the recipe as it is)")
     args = ap.parse_args(argv)
     recipe = load_recipe(args.recipe, [])
-    results = {"base": scores(resolve_model(recipe.model.base), args.size)}
+    results = {"base": scores(resolve_model(recipe.model.base).location, args.size)}
     for spec in args.variant:
         name, _, sets = spec.partition("=")
         run = load_recipe(args.recipe, [f"output_dir={args.output}/{name}", f"data.dir={args.output}/{name}/data",

@@ -143,9 +143,9 @@ def make_requests(n: int, passage_share: float, seed: int) -> list[Req]:
 
 def prepare_model(args, reqs: list[Req], tmp: Path) -> str:
     if args.model != "tiny":
-        from conan_embed.assets import resolve_model
+        from conan_embed.model_loading import resolve_model
 
-        return str(resolve_model(args.model))
+        return str(resolve_model(args.model).location)
     from conan_embed.modeling import build_embedder, save_embedder
     from conan_embed.testing import tiny_bert
 

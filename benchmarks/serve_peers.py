@@ -195,8 +195,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown --systems {unknown}; known: {', '.join(SYSTEMS)}")
 
-    from conan_embed.backends import export_onnx, onnx_file_name
-    from conan_embed.modeling import load_embedder
+    from conan_embed.onnx_export import export_onnx
+    from conan_embed.onnx_runtime import onnx_file_name
+    from conan_embed.model_loading import load_embedder
     from conan_embed.serving.local import free_port
 
     folder = Path(args.model).resolve()

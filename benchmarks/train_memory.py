@@ -49,7 +49,7 @@ def measure(setting: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from train_throughput import make_recipe, prepare
 
-    import conan_embed.training.stage as stage_module
+    import conan_embed.recipe.stage_training as stage_module
 
     if setting["threads"]:
         torch.set_num_threads(setting["threads"])

@@ -127,7 +127,7 @@ class Timed:
 def prepare(args, tmp: Path):
     """(model path, data dir, prompts)."""
     from conan_embed.modeling import E5_PROMPTS
-    from conan_embed.training.stage import _base_prompts
+    from conan_embed.recipe.stage_training import _base_prompts
 
     data = Path(args.data) if args.data else None
     if data is None and args.model == "tiny":
@@ -148,14 +148,14 @@ def prepare(args, tmp: Path):
         texts += [r["text"] for r in read_records(data / "finetune/corpus.jsonl")]
         path = tiny_bert(tmp / "tiny-bert", texts, max_positions=max(128, args.max_length))
     else:
-        from conan_embed.assets import resolve_model
+        from conan_embed.model_loading import resolve_model
 
-        path = resolve_model(args.model)
+        path = resolve_model(args.model).location
     return path, data, _base_prompts(path) or dict(E5_PROMPTS)
 
 
 def make_recipe(args, path, data, prompts, output: Path, *, padding_free: bool = True, mini_batch: int | None = None):
-    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.recipe.schema import recipe_from_dict
 
     task = {"kind": "retrieval", "file": "finetune/retrieval.jsonl", "corpus": "finetune/corpus.jsonl",
             "batch_size": args.batch_size, "negatives": {"count": args.negatives, "skip_top": 10},
@@ -252,7 +252,7 @@ def main() -> None:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers.trainer_callback import PrinterCallback
 
-    import conan_embed.training.stage as stage_module
+    import conan_embed.recipe.stage_training as stage_module
     from conan_embed.modeling import build_embedder
 
     if args.threads:

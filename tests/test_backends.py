@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from conan_embed.backends import export_model, onnx_file_name
 from conan_embed.errors import InputError
-from conan_embed.modeling import E5_PROMPTS, build_embedder, load_embedder, save_embedder
+from conan_embed.model_loading import load_embedder
+from conan_embed.modeling import E5_PROMPTS, build_embedder, save_embedder
+from conan_embed.onnx_export import export_model
+from conan_embed.onnx_runtime import onnx_file_name
 from conan_embed.testing import tiny_bert
 
 TEXTS = ["保险理赔要多久", "人寿保险的现金价值", "汽车保险包括哪些费用"]

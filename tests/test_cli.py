@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conan_embed.cli import main
-from conan_embed.modeling import E5_PROMPTS, build_embedder, load_embedder, save_embedder
+from conan_embed.model_loading import load_embedder
+from conan_embed.modeling import E5_PROMPTS, build_embedder, save_embedder
 from conan_embed.testing import tiny_bert
 
 TEXTS = ["汽车保险怎么理赔？", "人寿保险的现金价值", "这本书质量很好"]
@@ -75,7 +76,7 @@ def test_encode_streams_large_files_in_chunks(tiny_model, tmp_path):
 
 
 def test_export_arch_choices_are_the_backends():
-    from conan_embed.backends import ARCHS
+    from conan_embed.onnx_runtime import ARCHS
     from conan_embed.cli import build_parser
 
     export = build_parser()._subparsers._group_actions[0].choices["export"]

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from conan_embed.errors import InputError
+from conan_embed.model_loading import load_embedder
 from conan_embed.modeling import (
     PAPER_MATRYOSHKA_DIMS,
     build_embedder,
     check_truncate_dim,
-    load_embedder,
     matryoshka_dims,
     save_embedder,
 )

@@ -103,7 +103,8 @@ def test_grouped_attention_keeps_texts_apart():
 
 
 def test_encode_and_load_embedder_pack_by_default(bert_dir, tmp_path):
-    from conan_embed.modeling import build_embedder, load_embedder, save_embedder
+    from conan_embed.model_loading import load_embedder
+    from conan_embed.modeling import build_embedder, save_embedder
 
     folder = save_embedder(build_embedder(bert_dir, pooling="mean", out_dim=None, max_seq_length=128,
                                           prompts={"query": "query: "}), tmp_path / "model")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conan_embed.errors import InputError
-from conan_embed.modeling import E5_PROMPTS, build_embedder, load_embedder, save_embedder
+from conan_embed.model_loading import load_embedder
+from conan_embed.modeling import E5_PROMPTS, build_embedder, save_embedder
 from conan_embed.portable import classic_pooling, make_portable
 from conan_embed.testing import tiny_bert
 

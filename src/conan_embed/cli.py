@@ -20,7 +20,7 @@ def _model(args):
         if getattr(args, "onnx_file", None):
             raise InputError("--onnx-file is for --backend onnx", field="onnx_file")
         return args.model
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     return load_embedder(args.model, backend=args.backend, onnx_file=args.onnx_file,
                          device=getattr(args, "device", None))
@@ -42,7 +42,7 @@ def _add_backend_args(p) -> None:
 
 
 def cmd_export(args) -> None:
-    from conan_embed.backends import export_model
+    from conan_embed.onnx_export import export_model
 
     report = export_model(args.model, quantize=None if args.quantize == "none" else args.quantize, arch=args.arch,
                           check_size=None if args.no_check else "quick")
@@ -200,14 +200,14 @@ def cmd_serve(args) -> None:
 
 
 def _recipe(args):
-    from conan_embed.training.config import load_recipe
+    from conan_embed.recipe.schema import load_recipe
 
     return load_recipe(args.recipe, args.set or [])
 
 
 def cmd_train_stage(args) -> None:
     from conan_embed.training.launch import launched_rank_and_world
-    from conan_embed.training.stage import train_stage
+    from conan_embed.recipe.stage_training import train_stage
 
     recipe = _recipe(args)
     summary = train_stage(recipe, args.command, resume=args.resume, overwrite=args.overwrite,
@@ -223,7 +223,7 @@ def cmd_train_stage(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from conan_embed.training.run import run_recipe
+    from conan_embed.recipe.runner import run_recipe
 
     from conan_embed.training.launch import launched_rank_and_world
 
@@ -234,7 +234,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from conan_embed.training.ablation import run_ablation
+    from conan_embed.recipe.ablation import run_ablation
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {args.seeds}", field="seeds")

@@ -88,7 +88,7 @@ def encode_file(model, input_path: str | Path, output_path: str | Path, *, field
     if not count:
         raise InputError("no texts to encode", path=input_path)
     if isinstance(model, (str, Path)):
-        from conan_embed.modeling import load_embedder
+        from conan_embed.model_loading import load_embedder
 
         model = load_embedder(model)
     width = check_truncate_dim(dim, model.get_embedding_dimension()) or model.get_embedding_dimension()

@@ -116,7 +116,8 @@ def merge_models(models, output: str | Path, *, weights=None, examples=None,
     weights = softmax(-loss / temperature) (LM-Cocktail). Writes and returns merge.json's content."""
     import torch
 
-    from conan_embed.modeling import load_embedder, save_embedder
+    from conan_embed.model_loading import load_embedder
+    from conan_embed.modeling import save_embedder
 
     start = time.perf_counter()
     models = [str(m) for m in models]

@@ -11,7 +11,6 @@ load the result without conan_embed installed; our own settings (Matryoshka dims
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -138,37 +137,3 @@ def save_embedder(model, path: str | Path) -> Path:
     dims = getattr(model, "conan_matryoshka_dims", None) or (model.get_embedding_dimension(),)
     write_json(path / CONAN_CONFIG, {"matryoshka_dims": list(dims)})
     return path
-
-
-def load_embedder(name_or_path: str | Path, *, truncate_dim: int | None = None, device: str | None = None,
-                  backend: str = "torch", onnx_file: str | None = None, padding_free: bool = True):
-    """Load a model folder (ours or any sentence-transformers folder), a shipped model by name
-    ('e5-small', prepared on first use) or, with hub access, a hub id.
-
-    backend="onnx" runs the folder's ONNX export (`onnx_file`, default onnx/model.onnx; written by
-    `conan-embed export`) in place of the PyTorch transformer (conan_embed.backends).
-
-    padding_free: text batches run packed where the architecture allows it (conan_embed.padding_free;
-    the same embeddings, less work); False keeps padded batches (the server pads to its own buckets)."""
-    from sentence_transformers import SentenceTransformer
-
-    from conan_embed.assets import resolve_model
-
-    if backend not in ("torch", "onnx"):
-        raise InputError(f"backend must be torch or onnx, got {backend!r}", field="backend")
-    path = resolve_model(name_or_path)
-    model = SentenceTransformer(str(path), truncate_dim=truncate_dim, device=device)
-    if backend == "onnx":
-        from conan_embed.backends import use_onnx
-
-        if not Path(path).is_dir():
-            raise InputError("the onnx backend needs a local model folder", path=path, field="backend")
-        use_onnx(model, path, onnx_file)
-    elif padding_free:
-        from conan_embed.padding_free import enable_padding_free
-
-        enable_padding_free(model)
-    conf = Path(path) / CONAN_CONFIG
-    dims = json.loads(conf.read_text())["matryoshka_dims"] if conf.is_file() else [model.get_embedding_dimension()]
-    model.conan_matryoshka_dims = tuple(dims)
-    return model

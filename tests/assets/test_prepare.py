@@ -59,20 +59,14 @@ def test_stale_or_partial_cache_is_rebuilt(synthetic_assets):
     assert assets.is_ready(path) and not (path / "junk").exists()
 
 
+def test_unknown_model_asset_is_a_clear_error(synthetic_assets):
+    with pytest.raises(InputError, match="unknown model asset"):
+        assets.prepare_model("e5-large")
+
+
 def test_corrupt_model_file_is_a_clear_error(synthetic_assets, monkeypatch):
     bad = synthetic_assets / "bad.bin"
     bad.write_bytes(b"E5S1" + bytes(10))
     monkeypatch.setattr(assets, "e5s1_file", lambda: bad)
     with pytest.raises(AssetError, match="bad.bin"):
         assets.prepare_model("e5-small-full", log=lambda *_: None)
-
-
-def test_resolve_model_names_and_errors(synthetic_assets, tmp_path):
-    with pytest.raises(InputError, match="unknown model asset"):
-        assets.prepare_model("e5-large")
-    with pytest.raises(InputError, match="does not exist"):
-        assets.resolve_model(str(tmp_path / "nope"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="not a model folder"):
-        assets.resolve_model(str(tmp_path / "empty"))
-    assert assets.resolve_model("BAAI/bge-large-zh-v1.5") == "BAAI/bge-large-zh-v1.5"  # hub id, for users online

@@ -44,8 +44,9 @@ def test_scores_from_a_tiny_teacher_are_cosines_and_repeatable(tiny_teacher, shi
 
 
 def test_the_teacher_runs_on_the_onnx_backend(tiny_teacher, shipped_pairs, tmp_path):
-    from conan_embed.backends import export_onnx
-    from conan_embed.modeling import load_embedder, save_embedder
+    from conan_embed.onnx_export import export_onnx
+    from conan_embed.model_loading import load_embedder
+    from conan_embed.modeling import save_embedder
 
     folder = save_embedder(load_embedder(tiny_teacher), tmp_path / "teacher")
     export_onnx(load_embedder(folder), folder)

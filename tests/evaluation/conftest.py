@@ -73,7 +73,7 @@ def tiny_model_dir(tmp_path_factory, tiny_data):
 def suite_run(tiny_model_dir, tmp_path_factory):
     """(result, output dir, recorder): the whole tiny suite, run once on the e5-style tiny model."""
     from conan_embed.evaluation import run_suite
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(tiny_model_dir)
     recorder = Recorder(model)

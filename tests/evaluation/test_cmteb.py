@@ -200,7 +200,7 @@ def test_model_in_memory_gets_its_prompts_and_resumes(tiny_model_dir, tiny_data,
     """Queries get the model's "query: ", passages its "passage: ", symmetric texts the symmetric prompt;
     a loaded model is recognised by its parameters on the second call."""
     from conan_embed.evaluation import run_cmteb
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(tiny_model_dir)
     rec = recorder_cls(model)
@@ -239,14 +239,16 @@ def test_missing_data_fails_fast_naming_every_dataset(tiny_model_dir, tmp_path, 
     import huggingface_hub.constants
     import mteb  # before the clock starts: the session has imported it anyway
 
-    import conan_embed.modeling
+    import conan_embed.evaluation.suite
+    import conan_embed.model_loading
     from conan_embed.cli import main
     from conan_embed.evaluation import run_cmteb
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(conan_embed.modeling, "load_embedder", no_loading)
+    monkeypatch.setattr(conan_embed.model_loading, "load_embedder", no_loading)  # the CLI's
+    monkeypatch.setattr(conan_embed.evaluation.suite, "load_embedder", no_loading)  # the suite's
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "data").mkdir()
@@ -355,8 +357,8 @@ def test_recipe_eval_with_the_cmteb_suite(tiny_model_dir, data_dir, datasets_cac
     """`eval: {suite: cmteb}` in a recipe: run's evaluations, ablation tables and forgetting checks read the
     legacy summary under the local suite's keys."""
     from conan_embed.evaluation.forgetting import regressions, score_columns
-    from conan_embed.training.config import recipe_from_dict
-    from conan_embed.training.run import _scores, evaluate_model
+    from conan_embed.recipe.schema import recipe_from_dict
+    from conan_embed.recipe.runner import _scores, evaluate_model
 
     stages = {"s": {"max_steps": 1, "tasks": {"sts": {"kind": "sts", "file": "sts.jsonl", "batch_size": 2,
                                                      "loss": {"name": "cosent"}}}}}

@@ -94,7 +94,7 @@ def test_prompts_reach_the_model(suite_run, tiny_data):
 
 def test_symmetric_prompt_none_sends_plain_text(tiny_model_dir, tiny_data, recorder_cls):
     from conan_embed.evaluation import run_suite
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(tiny_model_dir)
     rec = recorder_cls(model)
@@ -124,7 +124,7 @@ def test_dim_truncation_matches_hand_computation(tiny_model_dir, tiny_data, tmp_
     """With dim=16, the suite's STS Spearman and retrieval nDCG@10 equal the same numbers computed
     here by hand from the model's truncated, renormalised embeddings (prompts and length cap included)."""
     from conan_embed.evaluation import run_suite
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     result = run_suite(tiny_model_dir, size="tiny", dim=16, tasks=["retrieval", "STS"],
                        output_dir=tmp_path, show_progress=False)
@@ -177,7 +177,7 @@ def test_bad_model_and_task_and_size(tiny_model_dir, tmp_path):
 
 def test_shared_cache_encodes_each_text_once_across_dims(tiny_model_dir):
     from conan_embed.evaluation import run_suite
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(tiny_model_dir)
     cache = {}
@@ -204,7 +204,7 @@ def test_bf16_precision(tiny_model_dir):
 def test_every_matryoshka_dim_in_one_encoding_pass(tiny_model_dir, tmp_path, capsys):
     from conan_embed.cli import main
     from conan_embed.evaluation.dims import parse_dims, run_dims
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(tiny_model_dir)
     assert parse_dims("all", model) == [48]  # a folder without conan_embed.json: its output size

@@ -16,7 +16,7 @@ def _oracle_encoder(tiny_model_dir, data, *, reverse=False):
     """An encoder that knows the answers: query i and every passage relevant to it share direction i;
     other passages point elsewhere. reverse=True makes relevant passages the least similar."""
     from conan_embed.evaluation.encoder import SuiteEncoder
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
     from mteb.types import PromptType
 
     queries = {**data.retrieval.queries, **data.reranking.queries}

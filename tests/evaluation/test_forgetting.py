@@ -4,7 +4,7 @@ import pytest
 
 from conan_embed.errors import InputError
 from conan_embed.evaluation.forgetting import load_result, regressions
-from conan_embed.training.report import forgetting_lines, guard_table
+from conan_embed.recipe.run_report import forgetting_lines, guard_table
 
 BASE = {"categories": {"Retrieval": 0.50, "Classification": 0.80},
         "guard": {"PeoplesDailyTitleRetrieval": {"main_score": 0.70}}}

@@ -13,10 +13,10 @@ from conan_embed.data.records import read_records, write_records
 from conan_embed.errors import InputError
 from conan_embed.mining import DynamicHardNegativeMiner, negative_window
 from conan_embed.mining.dynamic import STATE_FILE
+from conan_embed.recipe.schema import recipe_from_dict
+from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.testing import crash_after_step
 from conan_embed.training.callbacks import StepRecordCallback, read_log
-from conan_embed.training.config import recipe_from_dict
-from conan_embed.training.stage import stage_paths, train_stage
 from conan_embed.training.tasks import load_tasks
 
 SKIP, COUNT = 3, 2  # the tiny recipe's negatives: {skip_top: 3, count: 2}; 24 candidates a row -> 10 windows

@@ -39,7 +39,7 @@ def _brute_force(model_path, rows, corpus, k, relative_margin=0.05):
     """Each row's top k ids without its positives and without the candidates that score above
     (1 - relative_margin) x its best positive's score, by numpy; and the scores."""
     from conan_embed.encode import encode_texts
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     model = load_embedder(model_path)
     c = encode_texts(model, [r["text"] for r in corpus], prompt="passage: ", max_length=512, show_progress=False)
@@ -148,7 +148,7 @@ def test_approximate_indexes_find_most_of_the_exact_top(st_model, files, tmp_pat
 
 def test_mined_rows_train(st_model, files, tmp_path, recipe_dict):
     """The output is what finetune reads: its static window is candidates ranked skip_top onwards."""
-    from conan_embed.training.config import recipe_from_dict
+    from conan_embed.recipe.schema import recipe_from_dict
     from conan_embed.training.tasks import load_tasks
 
     queries, corpus_path, _, _ = files
@@ -222,3 +222,22 @@ def test_cli(st_model, files, tmp_path, capsys):
     assert main(["mine", str(st_model), "--input", str(tmp_path / "none.jsonl"), "--corpus", str(corpus_path),
                  "--output", str(out)]) == 2
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_mine_resolves_and_fingerprints_its_model_once(st_model, files, tmp_path, monkeypatch):
+    import conan_embed.model_loading as loading
+
+    queries, corpus_path, _, _ = files
+    made, hashed = [], []
+    real_hash = loading.model_fingerprint
+
+    class CountedSource(loading.ModelSource):
+        def __init__(self, location):
+            made.append(location)
+            super().__init__(location)
+
+    monkeypatch.setattr(loading, "ModelSource", CountedSource)
+    monkeypatch.setattr(loading, "model_fingerprint", lambda path: hashed.append(path) or real_hash(path))
+    mine(str(st_model), queries, corpus_path, tmp_path / "out.jsonl",
+         MineConfig(top_k=5, cache_dir=str(tmp_path / "cache"), relative_margin=None), show_progress=False)
+    assert made == [st_model] and hashed == [st_model]

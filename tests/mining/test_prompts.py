@@ -18,8 +18,8 @@ def test_every_component_uses_the_document_prompt(train_bert, train_data, recipe
     from conan_embed.mining import MineConfig, mine
     from conan_embed.modeling import build_embedder, save_embedder
     from conan_embed.serving.engine import EmbeddingEngine
-    from conan_embed.training.config import recipe_from_dict
-    from conan_embed.training.stage import train_stage
+    from conan_embed.recipe.schema import recipe_from_dict
+    from conan_embed.recipe.stage_training import train_stage
 
     assert text_prompt(PROMPTS, "passage") == "d: " and text_prompt({"passage": "p: "}, "passage") == "p: "
     assert text_prompt(PROMPTS, "query") == "q: " and text_prompt(None, "passage") is None

@@ -10,7 +10,7 @@ import yaml
 from conan_embed.cli import main
 from conan_embed.data.records import read_records
 from conan_embed.errors import InputError
-from conan_embed.training.config import recipe_from_dict
+from conan_embed.recipe.schema import recipe_from_dict
 
 
 def test_run_mines_with_the_pretrained_model_then_mines_dynamically(recipe_dict, tmp_path):

@@ -18,7 +18,7 @@ def tiny_model(tmp_path_factory):
     model = build_embedder(base, pooling="mean", out_dim=48, max_seq_length=24, dims=(16, 32, 48),
                            prompts={"query": "query: ", "passage": "passage: "})
     folder = save_embedder(model, root / "model")
-    from conan_embed.backends import export_onnx
+    from conan_embed.onnx_export import export_onnx
 
     export_onnx(model, folder)
     export_onnx(model, folder, quantize="int8", arch="avx2")

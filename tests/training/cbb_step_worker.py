@@ -15,9 +15,9 @@ def worker(rank: int, world: int, recipe_path: str, port: int, out: str) -> None
     import torch
     import torch.distributed as dist
 
-    from conan_embed.training.config import load_recipe
+    from conan_embed.recipe.schema import load_recipe
     from conan_embed.training.launch import init_from_launch
-    from conan_embed.training.stage import build_trainer
+    from conan_embed.recipe.stage_training import build_trainer
 
     init_from_launch()
     try:

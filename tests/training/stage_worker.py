@@ -13,8 +13,8 @@ def worker(rank: int, world: int, recipe_path: str, port: int) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    from conan_embed.training.config import load_recipe
-    from conan_embed.training.stage import train_stage
+    from conan_embed.recipe.schema import load_recipe
+    from conan_embed.recipe.stage_training import train_stage
 
     train_stage(load_recipe(recipe_path), "finetune", show_progress=False)
     if dist.is_initialized():

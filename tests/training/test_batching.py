@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conan_embed.errors import InputError
+from conan_embed.recipe.schema import recipe_from_dict
 from conan_embed.training.batching import SequentialTasks, deduplicated_batches
-from conan_embed.training.config import recipe_from_dict
 from conan_embed.training.tasks import StepPlan, load_tasks
 
 

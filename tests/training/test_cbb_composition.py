@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conan_embed.losses import cbb_loss, cosent
+from conan_embed.recipe.schema import recipe_from_dict
+from conan_embed.recipe.stage_training import build_trainer
 from conan_embed.serving.local import free_port
-from conan_embed.training.config import recipe_from_dict
-from conan_embed.training.stage import build_trainer
 
 WORKER = Path(__file__).with_name("cbb_step_worker.py")
 DIMS = (16, 32, 48)  # the tiny recipe's Matryoshka dims and its 48-dim head

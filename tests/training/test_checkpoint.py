@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from conan_embed.training.checkpoint import changed_keys
-from conan_embed.training.config import MiningConfig
+from conan_embed.mining.config import MiningConfig
+from conan_embed.recipe.fingerprint import changed_keys
 
 
 def test_settings_added_later_at_their_old_value_are_no_change():

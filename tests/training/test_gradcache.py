@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conan_embed.errors import InputError
-from conan_embed.training.config import recipe_from_dict
-from conan_embed.training.stage import build_trainer, stage_paths, train_stage
+from conan_embed.recipe.schema import recipe_from_dict
+from conan_embed.recipe.stage_training import build_trainer, stage_paths, train_stage
 
 SETUPS = {
     "retrieval-infonce": ({"retrieval"}, "sequential"),

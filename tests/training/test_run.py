@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from conan_embed.cli import main
-from conan_embed.training.config import load_recipe
+from conan_embed.recipe.schema import load_recipe
 
 
 def test_run_writes_the_run_folder(recipe_dict, tmp_path, capsys):
@@ -79,8 +79,8 @@ def test_data_of_an_older_builder_is_refused(recipe_dict, tmp_path):
     import pytest
 
     from conan_embed.errors import InputError
-    from conan_embed.training.config import recipe_from_dict
-    from conan_embed.training.run import prepare_data
+    from conan_embed.recipe.runner import prepare_data
+    from conan_embed.recipe.schema import recipe_from_dict
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({"builder_version": 1}))
@@ -110,8 +110,8 @@ def test_evaluations_are_cached_until_the_suite_size_changes(recipe_dict, tmp_pa
 
     import conan_embed.evaluation as evaluation
     from conan_embed.evaluation import sizes
-    from conan_embed.training.config import recipe_from_dict
-    from conan_embed.training.run import evaluate_model
+    from conan_embed.recipe.runner import evaluate_model
+    from conan_embed.recipe.schema import recipe_from_dict
 
     scored = []
 

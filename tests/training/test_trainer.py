@@ -10,10 +10,10 @@ import torch
 from transformers import TrainerCallback
 
 from conan_embed.errors import InputError
+from conan_embed.recipe.schema import recipe_from_dict
+from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.testing import crash_after_step
 from conan_embed.training.callbacks import StepRecordCallback
-from conan_embed.training.config import recipe_from_dict
-from conan_embed.training.stage import stage_paths, train_stage
 
 
 def _single_stage(recipe_dict, *, grad_accum=2, precision="fp32", max_steps=8, every=3):
@@ -211,3 +211,33 @@ def test_resume_checks_the_data_and_drops_a_torn_log_line(recipe_dict, train_dat
     with pytest.raises(InputError, match="not a JSON line") as err:
         read_log(log)
     assert err.value.row == 3
+
+
+def test_negatives_must_be_a_negative_source(train_data):
+    """The trainer's seam for hard negatives is a protocol: the miner implements it, anything else that
+    lacks it is refused before training starts."""
+    from conan_embed.mining.dynamic import DynamicHardNegativeMiner
+    from conan_embed.training.checkpoint import NegativeSource
+    from conan_embed.training.trainer import ConanTrainer
+
+    assert NegativeSource in DynamicHardNegativeMiner.__mro__
+
+    class LookupOnly:  # no attach / save / load / state_name
+        def lookup(self, task, rows):
+            return None
+
+    class Complete(LookupOnly):
+        state_name = "fixed negatives"
+
+        def attach(self, trainer):
+            pass
+
+        def save(self, folder):
+            pass
+
+        def load(self, folder):
+            pass
+
+    assert isinstance(Complete(), NegativeSource) and not isinstance(LookupOnly(), NegativeSource)
+    with pytest.raises(TypeError, match="NegativeSource"):
+        ConanTrainer(tasks={}, composer=None, max_length={}, prompts={}, negatives=LookupOnly())

@@ -119,24 +119,6 @@ def prepare_model(name: str = "e5-small", *, force: bool = False, log=print) -> 
     return final
 
 
-def resolve_model(name_or_path: str | os.PathLike) -> Path | str:
-    """A shipped model name ('e5-small', 'e5-small-full') -> its prepared folder; a folder -> itself.
-
-    Anything else is returned unchanged (a hub id, for users with hub access).
-    """
-    text = str(name_or_path)
-    if text in MODELS:
-        return prepare_model(text)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir() or not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-            raise InputError("not a model folder (no modules.json or config.json)", path=path)
-        return path
-    if text.startswith((".", "/", "~")) or os.sep in text and text.count("/") != 1:
-        raise InputError("model folder does not exist", path=path)
-    return text
-
-
 def check_packages() -> list[dict]:
     """The shipped data/model packages with their installed versions and licences."""
     rows = []

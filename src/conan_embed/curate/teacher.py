@@ -22,7 +22,8 @@ class TeacherScorer:
     def __init__(self, config: TeacherConfig, device: str | None = None):
         import torch
 
-        from conan_embed.modeling import load_embedder, text_prompt
+        from conan_embed.model_loading import load_embedder
+        from conan_embed.modeling import text_prompt
 
         self.config = config
         self.device = device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")

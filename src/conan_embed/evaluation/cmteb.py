@@ -46,6 +46,7 @@ from conan_embed.evaluation.suite import (
     _quiet,
 )
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.model_loading import ModelSource, resolve_model
 from conan_embed.modeling import check_truncate_dim
 
 
@@ -53,10 +54,8 @@ def _model_identity(model) -> dict:
     """What the results depend on, without loading a model folder: a digest of its files' names,
     sizes and mtimes; for a model in memory, a digest of its parameters (plus prompts and length cap,
     which live outside them)."""
-    if isinstance(model, (str, Path)):
-        from conan_embed.assets import resolve_model
-
-        resolved = resolve_model(Path(model).expanduser() if isinstance(model, Path) else model)
+    if isinstance(model, (str, Path, ModelSource)):
+        resolved = resolve_model(Path(model).expanduser() if isinstance(model, Path) else model).location
         if not isinstance(resolved, Path):
             return {"hub_id": resolved}
         digest = hashlib.sha256()

@@ -18,8 +18,9 @@ from typing import Any
 
 from conan_embed.data.splits import check_split
 from conan_embed.errors import InputError
-from conan_embed.files import write_json
 from conan_embed.evaluation.sizes import SuiteSize, get_size
+from conan_embed.files import write_json
+from conan_embed.model_loading import ModelSource, load_embedder, resolve_model
 from conan_embed.modeling import check_truncate_dim
 
 # canonical order (C-MTEB's table order) and the category of each suite task
@@ -99,18 +100,16 @@ def select_tasks(tasks, guard: bool | None = None) -> tuple[list[str], list[str]
 def _load_model(model):
     """(SentenceTransformer, model folder or hub id or None, display name).
 
-    A string or path goes through `conan_embed.assets.resolve_model`: a shipped model name
+    A string, path or ModelSource goes through `conan_embed.model_loading.resolve_model`: a shipped model name
     ("e5-small") resolves to its prepared folder, a folder is checked to be a model folder, a
     path-like string that does not exist is an InputError, anything else is taken as a hub id.
     """
-    if isinstance(model, (str, Path)):
-        from conan_embed.assets import resolve_model
-        from conan_embed.modeling import load_embedder
-
-        resolved = resolve_model(Path(model).expanduser() if isinstance(model, Path) else model)
-        if isinstance(resolved, Path):
-            return load_embedder(resolved), str(resolved.resolve()), Path(str(model)).name or resolved.name
-        return load_embedder(resolved), str(resolved), str(resolved)
+    if isinstance(model, (str, Path, ModelSource)):
+        source = resolve_model(Path(model).expanduser() if isinstance(model, Path) else model)
+        resolved = source.location
+        if source.is_local:
+            return load_embedder(source), str(resolved.resolve()), Path(str(model)).name or resolved.name
+        return load_embedder(source), str(resolved), str(resolved)
     if not hasattr(model, "encode") or not hasattr(model, "get_embedding_dimension"):
         raise InputError(f"model must be a SentenceTransformer or a model folder path, got "
                          f"{type(model).__name__}", field="model")

@@ -1,4 +1,5 @@
-"""Settings of offline candidate mining (`conan-embed mine`, the recipe's `mine:` step)."""
+"""Settings of offline candidate mining (`conan-embed mine`, the recipe's `mine:` step) and of dynamic hard
+negative mining while a stage trains (a stage's `mining:` section)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,32 @@ def check_margins(config, key: str, source=None) -> None:
     if absolute is not None and not absolute >= 0:
         raise InputError(f"{prefix}absolute_margin must be >= 0, got {absolute}", path=source,
                          field=f"{prefix}absolute_margin")
+
+
+@dataclass
+class MiningConfig:
+    """Dynamic hard-negative mining (docs/mining.md). Defaults are the paper's constants."""
+
+    mode: Literal["static", "dynamic"] = "static"
+    check_every: int = 100  # steps between checks (Conan-embedding-v2: 1)
+    # paper: the score rule below. loss-weight (ours, scale-free): exhausted when the set's weight in the
+    # InfoNCE denominator relative to the positive, exp((S_now - S_positive) / temperature), fell by
+    # `weight_drop` since the set was assigned (its margin to the positive grew by temperature * ln weight_drop)
+    rule: Literal["paper", "loss-weight"] = "paper"
+    ratio: float = 1.15  # paper: exhausted when ratio * S_now < S_initial ...
+    max_score: float = 0.8  # ... and |S_now| < max_score
+    absolute: bool = True  # compare |S_now| (v1); false: S_now itself (v2)
+    min_initial: float | None = None  # also exhausted when S_initial < this (v2: 0.4)
+    weight_drop: float = 2.0  # loss-weight: the factor by which the set's weight must fall
+    # false negatives: a replacement skips candidates scoring above (1 - relative_margin) x the row's positive
+    # (0.05: NV-Retriever's 95 %) or within absolute_margin of it, by the model as it trains (one no-grad pass
+    # over the replaced rows). None: off (`mine` filters the candidate lists already, by default)
+    relative_margin: float | None = None
+    absolute_margin: float | None = None
+    initial_score: Literal["first_seen", "forward"] = "first_seen"  # how S_initial of new negatives is measured
+    tasks: list[str] | None = None  # None: every retrieval task whose rows name candidate ids
+    batch_size: int = 64  # queries per forward pass when measuring S_initial
+
+    @property
+    def filters_false_negatives(self) -> bool:
+        return filters_false_negatives(self)

@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from conan_embed.errors import InputError
+from conan_embed.mining.config import MiningConfig
 from conan_embed.mining.rule import false_negative_limit, is_exhausted, loss_weight_fell
 from conan_embed.training.callbacks import StepRecordCallback
-from conan_embed.training.config import MiningConfig
+from conan_embed.training.checkpoint import NegativeSource
 from conan_embed.training.distributed import gather_objects, rank_and_world, shard, unshard
 from conan_embed.training.tasks import TrainingTask
 
@@ -80,8 +81,9 @@ class NegativeState:
                    np.zeros(rows, dtype=bool), cursor, np.zeros(rows, dtype=np.int32))
 
 
-class DynamicHardNegativeMiner(StepRecordCallback):
-    """Replaces exhausted hard-negative sets during training (see the module docstring).
+class DynamicHardNegativeMiner(StepRecordCallback, NegativeSource):
+    """Replaces exhausted hard-negative sets during training (see the module docstring); training's
+    `NegativeSource`.
 
     Give it to `ConanTrainer(negatives=...)` (`train_stage` does when the stage's `mining.mode` is
     `dynamic`): the trainer looks every retrieval row's negatives up here at step time, registers it

@@ -26,16 +26,14 @@ import numpy as np
 
 from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
-from conan_embed.files import content_digest, write_json
+from conan_embed.files import write_json
 from conan_embed.mining.config import MineConfig, check_mine_config, filters_false_negatives
 from conan_embed.mining.rule import false_negative_limit
+from conan_embed.model_loading import ModelSource, load_embedder, resolve_model
 
 CACHE_VERSION = 1
 # files in a model or checkpoint folder that do not define the model (hashing optimizer.pt would cost
 # seconds; the model card names the run that wrote it)
-_NOT_MODEL = {"README.md", "optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin",
-              "conan_checkpoint.json", "dhnm_state.npz", "rng_state.pth"}
-
 
 def read_query_rows(path: str | Path, corpus_index: dict[str, int]) -> list[dict]:
     """The rows to mine for; a positive id that is not in the corpus is an error naming the row."""
@@ -49,14 +47,6 @@ def read_query_rows(path: str | Path, corpus_index: dict[str, int]) -> list[dict
     if not rows:
         raise InputError("no rows to mine for", path=path)
     return rows
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """sha256 over a model folder's files (not a checkpoint's optimizer state): the cache key's model part."""
-    path = Path(path)
-    if not path.is_dir():
-        return hashlib.sha256(str(path).encode()).hexdigest()  # a hub id: name only
-    return content_digest(path, skip=lambda name: name in _NOT_MODEL or name.startswith("rng_state"))
 
 
 def rerank_corpus(rows: list[dict], row_numbers: list[int], corpus_ids: list[str], top: int, path) -> list[int]:
@@ -199,14 +189,10 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
 
     import torch
 
-    from conan_embed.modeling import load_embedder
-
-    if isinstance(model, (str, Path)):
-        from conan_embed.assets import resolve_model
-
-        folder = resolve_model(model)
+    if isinstance(model, (str, Path, ModelSource)):
+        source = resolve_model(model)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        st_model, model_key = load_embedder(folder, device=device), model_fingerprint(folder)
+        st_model, model_key = load_embedder(source, device=device), source.fingerprint
     else:
         st_model, model_key = model, _state_fingerprint(model)
     timings = {}

@@ -50,7 +50,7 @@ class ServeSettings:
     tokenizer_threads: int = 1
     gil_switch_s: float = 0.0005  # sys.setswitchinterval while serving (see lifespan)
     pass_overhead_tokens: int | None = None  # a forward pass's fixed cost in tokens (None: measured at load)
-    backend: str = "torch"  # or "onnx": the folder's ONNX export (conan_embed.backends)
+    backend: str = "torch"  # or "onnx": the folder's ONNX export (conan_embed.onnx_runtime)
     onnx_file: str | None = None  # which export (default onnx/model.onnx)
     compile: bool = False  # torch.compile the forward pass (CUDA graphs over bucketed shapes on a GPU)
     max_in_flight: int = 2  # forward passes launched and not yet collected (1: no overlap)

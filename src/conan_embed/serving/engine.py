@@ -63,7 +63,7 @@ class EmbeddingEngine:
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> None:
         """Blocking: load the model (the server answers 503 until this returns)."""
-        from conan_embed.modeling import load_embedder
+        from conan_embed.model_loading import load_embedder
 
         model = load_embedder(self.model_path, device=self.device, backend=self.backend, onnx_file=self.onnx_file,
                               padding_free=False)  # batches are padded to buckets here

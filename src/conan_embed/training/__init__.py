@@ -1,15 +1,13 @@
-"""Training: recipes (`load_recipe`), one stage (`train_stage`), a whole run (`run_recipe`).
+"""Training one stage's model: the sentence-transformers Trainer (`ConanTrainer`) with our own data path,
+a pluggable batch composer and losses on embeddings, with per-example records for callbacks
+(`StepRecordCallback`). See docs/training.md.
 
-See docs/training.md. The stages run on the sentence-transformers Trainer (`ConanTrainer`) with our
-own data path: a pluggable batch composer and losses on embeddings, with per-example records for
-callbacks (`StepRecordCallback`).
+Training owns its seams (the negative source a task asks for its rows' hard negatives, the training
+state a checkpoint saves); conan_embed.mining implements them, and conan_embed.recipe, above both,
+loads recipes and runs stages.
 """
 
 from conan_embed.training.callbacks import StepRecordCallback
-from conan_embed.training.config import Recipe, load_recipe, recipe_from_dict
-from conan_embed.training.run import run_recipe
-from conan_embed.training.stage import train_stage
 from conan_embed.training.trainer import StepRecord
 
-__all__ = ["Recipe", "StepRecord", "StepRecordCallback", "load_recipe", "recipe_from_dict", "run_recipe",
-           "train_stage"]
+__all__ = ["StepRecord", "StepRecordCallback"]

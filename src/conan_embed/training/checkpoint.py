@@ -9,7 +9,6 @@ atomically and last. A run killed while saving leaves a folder without a marker,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +28,21 @@ class TrainingState(Protocol):
     def save(self, folder: Path) -> None: ...
 
     def load(self, folder: Path) -> None: ...
+
+
+@runtime_checkable
+class NegativeSource(TrainingState, Protocol):
+    """Where retrieval rows' hard negatives come from at step time: the seam dynamic mining plugs into
+    (`conan_embed.mining.DynamicHardNegativeMiner` implements it; None: each row's static window).
+    `ConanTrainer(negatives=...)` attaches it, registers it as a callback (so it sees every step's
+    records) and saves it in every checkpoint as a `TrainingState`."""
+
+    def attach(self, trainer) -> None:
+        """Called once with the trainer, whose encoder the source may use to measure new negatives."""
+
+    def lookup(self, task: str, rows):
+        """[len(rows), n] corpus indices of the rows' negatives now (-1: the row's static ones), or None
+        for a task the source does not manage."""
 
 
 def save_checkpoint_extras(folder: str | Path, states, info: dict) -> None:
@@ -64,38 +78,3 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
         return None
     done = [p for p in folder.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).is_file() and p.name[11:].isdigit()]
     return max(done, key=lambda p: int(p.name[11:]), default=None)
-
-
-def _added_settings() -> dict:
-    """Stage settings that later versions added, with the value a run written before them had: a saved
-    fingerprint without such a key was trained that way, so resuming it is no change."""
-    from conan_embed.training.config import MiningConfig
-
-    # padding_free: the packed forward computes what the padded one did (up to float rounding)
-    mining = MiningConfig()
-    return {"max_rows": None, "in_batch": True, "mining": asdict(mining), "max_length": {},
-            "mini_batch_size": None, "padding_free": True, "rule": mining.rule, "weight_drop": mining.weight_drop,
-            "relative_margin": mining.relative_margin, "absolute_margin": mining.absolute_margin}
-
-
-# recorded by later versions, unknown to a fingerprint written before them: nothing to compare it with
-_UNRECORDED = {"data"}
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings (`old` is what a checkpoint saved)."""
-    keys, added = [], _added_settings()
-    for key in sorted(set(old) | set(new)):
-        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
-        if key not in old and (key in added and b == added[key] or not prefix and key in _UNRECORDED):
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, dotted + ".")
-        elif a != b:
-            keys.append(dotted)
-    return keys
-
-
-def stage_fingerprint(stage, **extra) -> dict:
-    """What must not change between an interrupted stage and its resumption."""
-    return {"stage": asdict(stage), **extra}

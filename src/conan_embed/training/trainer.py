@@ -32,7 +32,7 @@ from conan_embed.losses import CBBLoss, CoSENTLoss, InfoNCELoss, MatryoshkaLoss,
 from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
-from conan_embed.training.checkpoint import load_checkpoint_extras, save_checkpoint_extras
+from conan_embed.training.checkpoint import NegativeSource, load_checkpoint_extras, save_checkpoint_extras
 from conan_embed.training.config import ComposerConfig, in_batch_scope
 from conan_embed.training.distributed import gather_rows, gather_with_grad, pad_rows
 from conan_embed.training.gradcache import CachedEmbeddings
@@ -107,10 +107,9 @@ def _collate_plan(items: list[StepPlan]) -> dict:
 
 
 class ConanTrainer(SentenceTransformerTrainer):
-    """`negatives`: where retrieval rows' hard negatives come from at step time (the dynamic miner,
-    `conan_embed.mining.DynamicHardNegativeMiner`; None = each row's static window). It is also
-    registered as a callback and, with anything in `states`, saved in every checkpoint and restored
-    on resume (`training.checkpoint.TrainingState`)."""
+    """`negatives`: a `training.checkpoint.NegativeSource`, where retrieval rows' hard negatives come
+    from at step time (None = each row's static window). It is also registered as a callback and, with
+    anything in `states`, saved in every checkpoint and restored on resume (`TrainingState`)."""
 
     def __init__(self, *, tasks: dict[str, TrainingTask], composer: BatchComposer, max_length: dict[str, int],
                  prompts: dict[str, str], checkpoint_info: dict | None = None, negatives=None, states=(),
@@ -120,6 +119,9 @@ class ConanTrainer(SentenceTransformerTrainer):
         self.field_prompts = {field: text_prompt(prompts, field) for field in ("query", "passage")}
         self.checkpoint_info = checkpoint_info or {}
         self.step_records: list[StepRecord] = []
+        if negatives is not None and not isinstance(negatives, NegativeSource):
+            raise TypeError(f"negatives must implement training.checkpoint.NegativeSource (attach, lookup, save, "
+                            f"load, state_name), got {type(negatives).__name__}")
         self.negatives = negatives
         self.training_states = [*states, *([negatives] if negatives is not None else [])]
         callbacks = kwargs.pop("callbacks", None) or []

@@ -1,10 +1,11 @@
-"""Inference backends: PyTorch, or ONNX Runtime (fp32, or int8 by dynamic quantisation).
+"""`conan-embed export`: a model's transformer as ONNX (fp32, or int8 by dynamic quantisation), checked
+against PyTorch on the suite.
 
 `export_onnx` writes the model's transformer where sentence-transformers looks for it
 (`onnx/model.onnx`, `onnx/model_qint8_<arch>.onnx`), so `SentenceTransformer(path, backend="onnx",
 model_kwargs={"file_name": "onnx/model_qint8_avx2.onnx"})` loads it in any stack that has optimum.
-`use_onnx` runs such a file in place of the PyTorch transformer of a loaded model: tokenisation,
-pooling, the Dense head, Matryoshka cuts and every caller (serve, encode, eval, mine) stay the same.
+`conan_embed.onnx_runtime.use_onnx` runs such a file in place of the PyTorch transformer of a loaded
+model.
 
 Why not sentence-transformers' own `export_optimized_onnx_model` / `backend="onnx"` here: they need
 optimum's ONNX Runtime part (optimum-onnx), which pins transformers < 4.58 and cannot be installed
@@ -14,28 +15,21 @@ sequence axes, opset 17) and quantise with onnxruntime.quantization, into the sa
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from conan_embed.errors import InputError
+from conan_embed.evaluation.data import build_suite_data
+from conan_embed.evaluation.sizes import get_size
+from conan_embed.evaluation.suite import run_suite
+from conan_embed.files import write_json
+from conan_embed.model_loading import load_embedder
+from conan_embed.onnx_runtime import onnx_file_name
 
-# int8 kernels per CPU family: the file name says which (sentence-transformers' convention); avx2 and
-# arm64 quantise weights to 7 bits (reduce_range), which avoids int16 overflow without VNNI
-ARCHS = ("arm64", "avx2", "avx512", "avx512_vnni")
 OPSET = 17
-
-
-def onnx_file_name(quantize: str | None = None, arch: str = "avx2") -> str:
-    """The file (relative to the model folder) of an export: fp32 or int8 for a CPU family."""
-    if quantize is None:
-        return "onnx/model.onnx"
-    if quantize != "int8":
-        raise InputError(f"quantize must be int8 or none, got {quantize!r}", field="quantize")
-    if arch not in ARCHS:
-        raise InputError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}", field="arch")
-    return f"onnx/model_qint8_{arch}.onnx"
 
 
 class _LastHiddenState(torch.nn.Module):
@@ -80,38 +74,6 @@ def export_onnx(model, folder: str | Path, *, quantize: str | None = None, arch:
     return target
 
 
-class OnnxTransformerModel(torch.nn.Module):
-    """An ONNX Runtime session where sentence-transformers' Transformer module expects the HF model:
-    same inputs, a `last_hidden_state` output, the same `config`."""
-
-    def __init__(self, file: str | Path, config):
-        super().__init__()
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        self.config = config
-        self.file = str(file)
-
-    def forward(self, input_ids, attention_mask=None, **_unused):
-        ids = input_ids.detach().cpu().numpy().astype(np.int64)
-        mask = np.ones_like(ids) if attention_mask is None else attention_mask.detach().cpu().numpy().astype(np.int64)
-        out = self.session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
-        return {"last_hidden_state": torch.from_numpy(out).to(input_ids.device)}
-
-
-def use_onnx(model, folder: str | Path, file: str | None = None):
-    """Run `folder`/`file` (default onnx/model.onnx) in place of `model`'s PyTorch transformer."""
-    folder = Path(folder)
-    path = folder / (file or onnx_file_name())
-    if not path.is_file():
-        raise InputError(f"no ONNX export {file or onnx_file_name()!r} in the model folder: run `conan-embed export "
-                         f"{folder} --format onnx` first (add --quantize int8 for the int8 file)", path=path)
-    transformer = model[0]
-    transformer.model = OnnxTransformerModel(path, transformer.auto_model.config)
-    model.conan_backend = {"backend": "onnx", "file": str(path.relative_to(folder))}
-    return model
-
-
 def agreement(reference, other, texts: list[str], prompt_name: str | None = None) -> dict:
     """Cosine between two models' normalised embeddings of the same texts: min and mean."""
     a = reference.encode(texts, prompt_name=prompt_name, normalize_embeddings=True, show_progress_bar=False)
@@ -122,9 +84,6 @@ def agreement(reference, other, texts: list[str], prompt_name: str | None = None
 
 def probe_texts() -> tuple[list[str], list[str]]:
     """Shipped insuranceqa test questions (24) and answers (120), offline: what exports are checked on."""
-    from conan_embed.evaluation.data import build_suite_data
-    from conan_embed.evaluation.sizes import get_size
-
     data = build_suite_data(get_size("tiny"), split="test").retrieval
     return list(data.queries.values()), list(data.corpus.values())
 
@@ -135,11 +94,6 @@ def export_model(folder: str | Path, *, quantize: str | None = None, arch: str =
     fp32: cosine on insuranceqa questions and answers and, for int8 with `check_size`, the local suite's
     Retrieval (a drop of more than `max_retrieval_drop` nDCG@10 is a warning). Written beside the file
     (onnx/<name>.export.json)."""
-    import time
-
-    from conan_embed.files import write_json
-    from conan_embed.modeling import load_embedder
-
     folder = Path(folder)
     if not (folder / "modules.json").is_file():
         raise InputError("not a sentence-transformers model folder (no modules.json)", path=folder)
@@ -152,8 +106,6 @@ def export_model(folder: str | Path, *, quantize: str | None = None, arch: str =
     report = {"file": file, "quantize": quantize, "arch": arch if quantize else None,
               "bytes": target.stat().st_size, "export_s": round(time.perf_counter() - start, 1), "warnings": []}
     if check_size is not None:
-        from conan_embed.evaluation.suite import run_suite
-
         onnx = load_embedder(folder, device="cpu", backend="onnx", onnx_file=file)
         queries, passages = probe_texts()
         report["agreement"] = {"query": agreement(reference, onnx, queries, "query"),

@@ -22,12 +22,16 @@ from pathlib import Path
 
 from conan_embed.errors import InputError
 from conan_embed.files import content_digest, write_json
+from conan_embed.mining.dynamic import DynamicHardNegativeMiner
+from conan_embed.model_loading import load_embedder, resolve_model
+from conan_embed.modeling import build_embedder, matryoshka_dims, save_embedder
 from conan_embed.training.batching import build_composer
 from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
                                             truncate_log)
-from conan_embed.training.config import Recipe, StageConfig, resolve_relative
+from conan_embed.recipe.fingerprint import changed_keys, stage_fingerprint
+from conan_embed.recipe.schema import Recipe, StageConfig, resolve_relative
+from conan_embed.training.checkpoint import last_complete_checkpoint, read_marker
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
-from conan_embed.training.checkpoint import changed_keys, last_complete_checkpoint, read_marker, stage_fingerprint
 from conan_embed.training.tasks import load_tasks
 from conan_embed.training.trainer import ConanLoss, ConanTrainer
 
@@ -78,11 +82,9 @@ def _base_max_length(path) -> int | None:
 
 def init_model_path(recipe: Recipe, name: str) -> Path | str:
     """Where stage `name` starts from: the recipe's base model, an earlier stage's model, or a folder."""
-    from conan_embed.assets import resolve_model
-
     init = recipe.stage(name).init
     if init == "model":
-        return resolve_model(recipe.model.base)
+        return resolve_model(recipe.model.base).location
     if init in recipe.stages:
         earlier = stage_paths(recipe, init)
         if read_summary(earlier) is None:
@@ -93,8 +95,6 @@ def init_model_path(recipe: Recipe, name: str) -> Path | str:
 
 
 def build_stage_model(recipe: Recipe, name: str):
-    from conan_embed.modeling import build_embedder, load_embedder, matryoshka_dims
-
     stage, cfg = recipe.stage(name), recipe.model
     path = init_model_path(recipe, name)
     # The model keeps the base's own length limit (e5: 512): the recipe's caps are applied per field
@@ -241,8 +241,6 @@ def build_trainer(recipe: Recipe, name: str, *, tasks=None, show_progress: bool 
         all_callbacks.append(StopAfterStep(stop_after))
     miner = None
     if stage.mining.mode == "dynamic":
-        from conan_embed.mining.dynamic import DynamicHardNegativeMiner
-
         miner = DynamicHardNegativeMiner(tasks, stage.mining, log_path=paths.log, key=f"stages.{name}.mining",
                                          source=recipe.source)
     return ConanTrainer(
@@ -293,7 +291,6 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
         if trainer.state.global_step < stage.max_steps:
             return {"stage": name, "stopped_at": trainer.state.global_step, "checkpoints": str(paths.checkpoints)}
 
-        from conan_embed.modeling import save_embedder
 
         if main:
             save_embedder(model, paths.model)

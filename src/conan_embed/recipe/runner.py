@@ -26,10 +26,10 @@ import yaml
 
 from conan_embed.errors import InputError
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.recipe.schema import Recipe
+from conan_embed.recipe.stage_training import init_model_path, stage_paths, train_stage
 from conan_embed.training.callbacks import plot_loss_curve, read_log
-from conan_embed.training.config import Recipe
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
-from conan_embed.training.stage import init_model_path, stage_paths, train_stage
 
 
 def _log(msg: str) -> None:
@@ -138,7 +138,7 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
     from conan_embed.data.builders import BUILDER_VERSION
     from conan_embed.evaluation import run_suite
     from conan_embed.evaluation.sizes import get_size
-    from conan_embed.modeling import load_embedder
+    from conan_embed.model_loading import load_embedder
 
     cfg = recipe.eval
     # the builder version names the evaluation sets, the size's settings how they are scored: a split or a
@@ -284,7 +284,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "metrics.json", metrics)
-    from conan_embed.training.report import write_report
+    from conan_embed.recipe.run_report import write_report
 
     write_report(metrics, recipe, run_dir / "report.md")
     _log(f"done in {timings['total_s'] / 60:.1f} min: {run_dir / 'report.md'}, final model in {final}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conan_embed.evaluation.suite import CATEGORIES
 from conan_embed.files import write_text_atomic
-from conan_embed.training.config import Recipe
+from conan_embed.recipe.schema import Recipe
 
 
 def _fmt(x) -> str:

@@ -36,13 +36,14 @@ from pathlib import Path
 from conan_embed.errors import InputError
 from conan_embed.evaluation.forgetting import column_value, score_columns
 from conan_embed.files import write_json, write_text_atomic
-from conan_embed.mining.offline import model_fingerprint
+from conan_embed.model_loading import model_fingerprint
+from conan_embed.recipe.runner import (check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe)
+from conan_embed.recipe.schema import Recipe
+from conan_embed.recipe.stage_training import init_model_path, read_summary, stage_paths, train_stage
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import ComposerConfig, Recipe
+from conan_embed.training.config import ComposerConfig
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.plots import plot_hard_negative_scores, plot_schedule_losses
-from conan_embed.training.run import check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe
-from conan_embed.training.stage import init_model_path, read_summary, stage_paths, train_stage
 
 # the rule the Conan rows use: it acts on the quickstart, where the paper's is silent (docs/mining.md); whether
 # it helps is what the table measures
