@@ -72,7 +72,7 @@ def expected_step(trainer, ranks: list[tuple]) -> torch.Tensor:
                          in_batch=cfg.in_batch is not False)
                 for d in DIMS)
         else:
-            sts_batches = trainer.loss.composer.sts_ranks
+            sts_batches = trainer.composer.config.sts_ranks
             assert len(plans) == sts_batches
             for plan in plans:
                 batch = task.texts(plan, None)

@@ -18,6 +18,7 @@ import yaml
 
 from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
 from conan_embed.errors import InputError
+from conan_embed.losses.registry import LOSSES
 from conan_embed.mining.config import MiningConfig, RecipeMineConfig, check_margins, check_mine_config
 from conan_embed.training.config import TEXT_FIELDS, ComposerConfig, OptimConfig, TaskConfig
 from conan_embed.typed_config import build_dataclass, set_override
@@ -212,14 +213,25 @@ def _validate(recipe: Recipe) -> None:
                 raise InputError(f"{t}.loss.in_batch: 'global' does not combine with the cbb composer, whose "
                                  f"retrieval ranks hold the same rows (their negatives are already shared); use "
                                  f"true or 'local'", path=src, field=f"{t}.loss.in_batch")
-            expected = "cosent" if task.kind == "sts" else "infonce"
-            if task.loss.name != expected:
-                raise InputError(f"{t}.loss.name: a {task.kind} task trains with {expected!r}, got "
-                                 f"{task.loss.name!r}", path=src, field=f"{t}.loss.name")
+            _check_loss_name(task, t, src)
         if stage.deepspeed is not None and not resolve_relative(recipe, stage.deepspeed).is_file():
             raise InputError(f"{p}.deepspeed: no such file {resolve_relative(recipe, stage.deepspeed)}",
                              path=src, field=f"{p}.deepspeed")
         seen.append(name)
+
+
+def _check_loss_name(task: TaskConfig, key: str, src) -> None:
+    """A registered loss (conan_embed.losses.LOSSES). The shipped ones fit one kind of task: CoSENT the
+    STS pairs with labels, InfoNCE pairs and retrieval; "cbb" is the composer's to choose."""
+    name, field_ = task.loss.name, f"{key}.loss.name"
+    if name not in LOSSES or name == "cbb":
+        known = ", ".join(sorted(n for n in LOSSES if n != "cbb"))
+        raise InputError(f"{field_}: unknown loss {name!r}; known: {known} (cbb is chosen by `composer: cbb`)",
+                         path=src, field=field_)
+    shipped = {"infonce": ("pairs", "retrieval"), "cosent": ("sts",)}
+    if name in shipped and task.kind not in shipped[name]:
+        expected = "cosent" if task.kind == "sts" else "infonce"
+        raise InputError(f"{field_}: a {task.kind} task trains with {expected!r}, got {name!r}", path=src, field=field_)
 
 
 def _check_merge_step(recipe: Recipe) -> None:

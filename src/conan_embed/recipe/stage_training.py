@@ -244,7 +244,7 @@ def build_trainer(recipe: Recipe, name: str, *, tasks=None, show_progress: bool 
         miner = DynamicHardNegativeMiner(tasks, stage.mining, log_path=paths.log, key=f"stages.{name}.mining",
                                          source=recipe.source)
     return ConanTrainer(
-        model=model, args=args, loss=ConanLoss(model, model.conan_matryoshka_dims, tasks, stage.composer_config),
+        model=model, args=args, loss=ConanLoss(model, model.conan_matryoshka_dims, tasks, composer),
         tasks=tasks, composer=composer, max_length=recipe.max_length(stage), prompts=dict(model.prompts or {}),
         negatives=miner, checkpoint_info=checkpoint_info, callbacks=all_callbacks + list(callbacks))
 

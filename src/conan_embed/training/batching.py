@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+from conan_embed.losses import cbb_step_loss
 from conan_embed.training.config import ComposerConfig, in_batch_scope
 from conan_embed.training.distributed import cbb_roles, split_global_batch
 from conan_embed.training.tasks import StepPlan, TrainingTask
@@ -87,6 +88,18 @@ class BatchComposer(Sampler):
     def plans_per_step(self) -> int:
         return self.grad_accum * self.world_size
 
+    # -- how a step's loss is built: the trainer asks the composer, so it has no branch per composer --
+    backward_per_part = False  # the trainer may run one backward per task of a micro-batch (one process)
+
+    def loss_name(self, task: TrainingTask) -> str:
+        """The registered loss (conan_embed.losses.build_loss) the task trains with: its `loss.name`."""
+        return task.config.loss.name
+
+    def step_loss(self, trainer, model, parts: tuple[StepPlan, ...]) -> torch.Tensor:
+        """The micro-batch's loss: one plan, one task's loss (`trainer.plan_loss`)."""
+        (plan,) = parts
+        return trainer.plan_loss(model, plan)
+
 
 class SequentialTasks(BatchComposer):
     """Tasks take turns: step 1 task A, step 2 task B, ... An epoch ends when the task with the fewest
@@ -124,6 +137,49 @@ class CrossGPUBatchBalance(BatchComposer):
 
     def _uses(self, task: TrainingTask) -> int:
         return self.config.sts_ranks if task.kind == "sts" else 1
+
+    @property
+    def backward_per_part(self) -> bool:
+        """One process playing every rank: one backward per task gives the summed loss's gradients with one
+        task's activations held at a time. Several processes: DDP all-reduces on every backward."""
+        return len(self.roles) == 1
+
+    def loss_name(self, task: TrainingTask) -> str:
+        """Retrieval tasks train with CBB's retrieval term (negatives shared out across ranks)."""
+        return "cbb" if task.kind == "retrieval" else super().loss_name(task)
+
+    def step_loss(self, trainer, model, parts: tuple[StepPlan, ...]) -> torch.Tensor:
+        """A cross-GPU batch balance micro-batch on this process (docs/cbb.md): each task's weighted term,
+        composed and scaled for this process by `cbb_step_loss`."""
+        roles, config = self.roles, self.config
+        world = len(roles)
+        # STS first: on an STS rank the gathers below then come last in the graph and first in backward
+        sts = [trainer.plan_loss(model, plan) for plan in parts if self.tasks[plan.task].kind == "sts"]
+        retrieval = []
+        mine = {p.task: p for p in parts}
+        for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
+            if task.name not in mine:
+                if world > 1:  # an STS rank: its zeros join the gather, so every process runs the same collectives
+                    placeholder = 0.0 * trainer.gather_shares(None, task).sum()
+                    if trainer.cached(task):  # the retrieval ranks back-propagate through this gather now
+                        placeholder.backward()
+                        placeholder = placeholder.detach()
+                    retrieval.append(placeholder)
+                continue
+            plan = mine[task.name]
+            _, batch = trainer.plan_texts(plan)
+            cache = trainer.grad_cache(model, task)
+            emb = trainer.encode_batch(model, task, batch, cache)
+            b, dim = emb["query"].shape
+            # [B, L·K, D] (share-major per row) -> [L, B, K, D]
+            local = emb["negatives"].reshape(b, len(plan.shares), -1, dim).transpose(0, 1)
+            negatives = local if world == 1 else trainer.gather_shares(local, task)[:, :b]
+            out = trainer.loss.task_losses[task.name].details(emb["query"], emb["positive"], negatives)
+            loss = task.config.loss.weight * out.loss
+            trainer.record(task, plan, batch, loss, out)
+            retrieval.append(cache.attach(loss) if cache is not None else loss)
+        return cbb_step_loss(retrieval, sts, beta=config.beta, sts_batches=config.sts_ranks, processes=world,
+                             retrieval_processes=sum(r.retrieval for r in roles))
 
     def _steps(self) -> int:
         return min(len(t) // t.config.batch_size // self._uses(t) for t in self.tasks.values()) // self.grad_accum

@@ -13,7 +13,7 @@ TEXT_FIELDS = ("query", "passage")
 
 @dataclass
 class LossConfig:
-    name: Literal["infonce", "cosent"] = "infonce"
+    name: str = "infonce"  # a registered loss (conan_embed.losses.LOSSES): infonce, cosent or your own
     temperature: float = 0.05  # InfoNCE; the paper gives none (FlagEmbedding uses 0.02)
     scale: float = 20.0  # CoSENT
     weight: float = 1.0  # multiplies the task's loss

@@ -6,8 +6,9 @@ and RNG state, exact skip-ahead on resume). What we replace (docs/design-trainin
 
 - the DataLoader yields plans from a pluggable `BatchComposer`, not tokenised columns: per process and
   micro-batch, one plan per task it trains (one task in turn, or every task with cross-GPU batch balance);
-- `compute_loss` turns plans into texts now (hard negatives looked up at step time), tokenises each
-  field with its own length cap and prompt, embeds, and calls each task's loss module from losses/
+- `compute_loss` asks the composer for the micro-batch's loss (`BatchComposer.step_loss`): plans become
+  texts now (hard negatives looked up at step time), each field is tokenised with its own length cap
+  and prompt and embedded, and each task's loss module comes from the registry in losses/
   (`task_loss_module`; with cbb, every retrieval rank's negatives are gathered first);
 - every micro-batch leaves a `StepRecord` (ids, per-example positive and hard-negative cosines, loss)
   for callbacks: hard-negative mining reads them without a second forward pass;
@@ -28,12 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from transformers.trainer_callback import PrinterCallback
 
 from conan_embed.files import write_json
-from conan_embed.losses import CBBLoss, CoSENTLoss, InfoNCELoss, MatryoshkaLoss, cbb_step_loss
+from conan_embed.losses import MatryoshkaLoss, build_loss
 from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
 from conan_embed.training.batching import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
 from conan_embed.training.checkpoint import NegativeSource, load_checkpoint_extras, save_checkpoint_extras
-from conan_embed.training.config import ComposerConfig, in_batch_scope
+from conan_embed.training.config import in_batch_scope
 from conan_embed.training.distributed import gather_rows, gather_with_grad, pad_rows
 from conan_embed.training.gradcache import CachedEmbeddings
 from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
@@ -65,30 +66,21 @@ class StepRecord:
                           cpu(self.negative_scores), self.negative_ids)
 
 
-def task_loss_module(task: TrainingTask, dims, composer: ComposerConfig) -> MatryoshkaLoss:
-    """A task's loss, from losses/, wrapped in Matryoshka: CoSENT for STS; InfoNCE for pairs and
-    retrieval, or the cross-GPU batch balance loss's retrieval term when the stage composes with cbb."""
-    cfg = task.config.loss
-    in_batch = in_batch_scope(task.config, composer.name) != "none"
-    if task.kind == "sts":
-        inner = CoSENTLoss(cfg.scale)
-    elif composer.name == "cbb":
-        inner = CBBLoss(cfg.temperature, in_batch=in_batch)
-    else:
-        inner = InfoNCELoss(cfg.temperature, in_batch=in_batch)
-    return MatryoshkaLoss(inner, sorted(dims))
+def task_loss_module(task: TrainingTask, dims, composer: BatchComposer) -> MatryoshkaLoss:
+    """A task's loss from the registry (`losses.build_loss`: the name the composer gives it, which is
+    the task's `loss.name` unless the composer trains the task its own way), wrapped in Matryoshka."""
+    in_batch = in_batch_scope(task.config, composer.config.name) != "none"
+    return MatryoshkaLoss(build_loss(composer.loss_name(task), task.config.loss, in_batch=in_batch), sorted(dims))
 
 
 class ConanLoss(nn.Module):
     """Holds the model (sentence-transformers builds the optimizer from the loss module's parameters)
     and each task's loss module (`task_loss_module`)."""
 
-    def __init__(self, model: nn.Module, dims, tasks: dict[str, TrainingTask] | None = None,
-                 composer: ComposerConfig | None = None):
+    def __init__(self, model: nn.Module, dims, tasks: dict[str, TrainingTask], composer: BatchComposer):
         super().__init__()
         self.model, self.dims = model, tuple(dims)
-        self.composer = composer or ComposerConfig()
-        self.task_losses = {name: task_loss_module(t, self.dims, self.composer) for name, t in (tasks or {}).items()}
+        self.task_losses = {name: task_loss_module(t, self.dims, composer) for name, t in tasks.items()}
 
 
 class _PlanDataset(Dataset):
@@ -176,8 +168,7 @@ class ConanTrainer(SentenceTransformerTrainer):
         parts = inputs["plan"]
         if self._ddp_with_cache(model):
             return self._training_step_synced_once(model, inputs, num_items_in_batch)
-        if (self.loss.composer.name != "cbb" or len(parts) == 1 or len(self.composer.roles) > 1
-                or self.is_deepspeed_enabled):
+        if not self.composer.backward_per_part or len(parts) == 1 or self.is_deepspeed_enabled:
             return super().training_step(model, inputs, num_items_in_batch)
         return sum(super(ConanTrainer, self).training_step(model, {"plan": (plan,)}, num_items_in_batch)
                    for plan in parts)
@@ -201,12 +192,7 @@ class ConanTrainer(SentenceTransformerTrainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        parts: tuple[StepPlan, ...] = inputs["plan"]
-        if self.loss.composer.name == "cbb":
-            loss = self.balanced_loss(model, parts)
-        else:
-            (plan,) = parts
-            loss = self.plan_loss(model, plan)
+        loss = self.composer.step_loss(self, model, inputs["plan"])
         return (loss, {}) if return_outputs else loss
 
     def plan_texts(self, plan: StepPlan) -> tuple[TrainingTask, TaskBatch]:
@@ -258,7 +244,7 @@ class ConanTrainer(SentenceTransformerTrainer):
 
     def global_in_batch(self, task: TrainingTask) -> bool:
         return (self.composer.world_size > 1 and task.kind != "sts"
-                and in_batch_scope(task.config, self.loss.composer.name) == "global")
+                and in_batch_scope(task.config, self.composer.config.name) == "global")
 
     @property
     def gather_group(self):
@@ -269,39 +255,6 @@ class ConanTrainer(SentenceTransformerTrainer):
         if getattr(self, "_gather_group", None) is None:
             self._gather_group = dist.new_group()
         return self._gather_group
-
-    def balanced_loss(self, model, parts: tuple[StepPlan, ...]) -> Tensor:
-        """A cross-GPU batch balance micro-batch on this process (docs/cbb.md): each task's weighted term,
-        composed and scaled for this process by `cbb_step_loss`."""
-        roles, composer = self.composer.roles, self.loss.composer
-        world = len(roles)
-        # STS first: on an STS rank the gathers below then come last in the graph and first in backward
-        sts = [self.plan_loss(model, plan) for plan in parts if self.tasks[plan.task].kind == "sts"]
-        retrieval = []
-        mine = {p.task: p for p in parts}
-        for task in (t for t in self.tasks.values() if t.kind == "retrieval"):
-            if task.name not in mine:
-                if world > 1:  # an STS rank: its zeros join the gather, so every process runs the same collectives
-                    placeholder = 0.0 * self.gather_shares(None, task).sum()
-                    if self.cached(task):  # the retrieval ranks back-propagate through this gather now
-                        placeholder.backward()
-                        placeholder = placeholder.detach()
-                    retrieval.append(placeholder)
-                continue
-            plan = mine[task.name]
-            _, batch = self.plan_texts(plan)
-            cache = self.grad_cache(model, task)
-            emb = self.encode_batch(model, task, batch, cache)
-            b, dim = emb["query"].shape
-            # [B, L·K, D] (share-major per row) -> [L, B, K, D]
-            local = emb["negatives"].reshape(b, len(plan.shares), -1, dim).transpose(0, 1)
-            negatives = local if world == 1 else self.gather_shares(local, task)[:, :b]
-            out = self.loss.task_losses[task.name].details(emb["query"], emb["positive"], negatives)
-            loss = task.config.loss.weight * out.loss
-            self.record(task, plan, batch, loss, out)
-            retrieval.append(cache.attach(loss) if cache is not None else loss)
-        return cbb_step_loss(retrieval, sts, beta=composer.beta, sts_batches=composer.sts_ranks, processes=world,
-                             retrieval_processes=sum(r.retrieval for r in roles))
 
     def gather_shares(self, local: Tensor | None, task: TrainingTask) -> Tensor:
         """[N, batch_size, K, D]: every retrieval rank's share of its rows' negatives, with gradients, on
