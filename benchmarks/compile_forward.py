@@ -31,7 +31,7 @@ PROMPTS = {"query": "query: ", "passage": "passage: "}
 
 
 def passes(engine, reqs, max_batch_tokens: int):
-    from conan_embed.serving.batching import PendingText, plan_batches
+    from conan_embed.serving.dynamic_batching import PendingText, plan_batches
 
     items = []
     for kind in ("query", "passage"):

@@ -63,7 +63,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from conan_embed.curate.config import DedupConfig
+from conan_embed.curate.curate_config import DedupConfig
 from conan_embed.curate.dedup import NearDuplicateDetector
 from conan_embed.data.sources import shipped_texts
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conan_embed.curate.config import TeacherConfig
+from conan_embed.curate.curate_config import TeacherConfig
 from conan_embed.curate.teacher import TeacherScorer
 from conan_embed.testing import tiny_bert
 

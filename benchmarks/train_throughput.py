@@ -204,8 +204,8 @@ def st_data(recipe, steps: int):
     """Our composer's first `steps` batches as an (anchor, positive, negative_1..K) Dataset + index batches."""
     from datasets import Dataset
 
-    from conan_embed.training.batching import build_composer
-    from conan_embed.training.tasks import load_tasks
+    from conan_embed.training.composers import build_composer
+    from conan_embed.training.training_tasks import load_tasks
 
     stage = recipe.stage("finetune")
     tasks = load_tasks(stage.tasks, recipe.data.dir)

@@ -106,3 +106,12 @@ def test_no_part_of_the_package_imports_a_part_that_imports_it_back(graph):
         parts.setdefault(part(module), set()).update(part(t) for t in targets if part(t) != part(module))
     cycle = find_cycle(parts)
     assert cycle is None, f"import cycle between parts: {' -> '.join(cycle)}"
+
+
+def test_no_two_files_share_a_name():
+    """A file name says what it holds wherever it is quoted (docs, tracebacks): no stage.py twice."""
+    seen: dict[str, list[str]] = {}
+    for path in (SRC / "conan_embed").rglob("*.py"):
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(SRC)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}

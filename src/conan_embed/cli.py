@@ -9,6 +9,7 @@ from pathlib import Path
 
 from conan_embed import __version__
 from conan_embed.errors import ConanEmbedError, InputError
+from conan_embed.logs import set_verbosity
 
 DEFAULT_DATA_DIR = "data"
 
@@ -171,7 +172,7 @@ def cmd_mine(args) -> None:
 
 def cmd_curate(args) -> None:
     from conan_embed.curate import curate, load_curate_config
-    from conan_embed.curate.report import format_stats
+    from conan_embed.curate.retention_report import format_stats
 
     config = load_curate_config(args.config, args.set or [])
     if args.workers is not None:
@@ -256,20 +257,23 @@ def _add_recipe_args(p, *, stage: bool) -> None:
                         "`torchrun --nproc_per_node N -m conan_embed ...` (docs/cbb.md)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conan-embed", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"conan-embed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+MODEL_HELP = "a model folder, or a shipped model: e5-small (pruned vocabulary), e5-small-full"
 
+
+def _add_assets_parser(sub) -> None:
     p = sub.add_parser("assets", help="prepare the shipped data and models in the cache (once)")
     p.add_argument("--force", action="store_true", help="rebuild the model folders")
     p.add_argument("--pruned-only", action="store_true", help="skip the full-vocabulary e5-small")
     p.set_defaults(func=cmd_assets)
 
+
+def _add_build_data_parser(sub) -> None:
     p = sub.add_parser("build-data", help="write the training files built from the shipped data")
     p.add_argument("--output", default=DEFAULT_DATA_DIR, help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_build_data)
 
+
+def _add_curate_parser(sub) -> None:
     p = sub.add_parser("curate", help="filter, deduplicate and teacher-score raw pairs (kept + rejected + stats)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw pair files: .jsonl, .jsonl.gz, .parquet, .csv")
     p.add_argument("--output", required=True, help="output folder: kept/, rejected/, stats.json")
@@ -282,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(without it, a re-run finishes an interrupted curation)")
     p.set_defaults(func=cmd_curate)
 
-    model_help = "a model folder, or a shipped model: e5-small (pruned vocabulary), e5-small-full"
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on the local C-MTEB-shaped suite, or on C-MTEB itself")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--suite", default="local", choices=("local", "cmteb"),
                    help="local: the offline C-MTEB-shaped suite; cmteb: the 35 C-MTEB datasets through mteb, with "
                         "the legacy C-MTEB Avg and mteb's MTEB(cmn, v1) means, docs/evaluation.md "
@@ -317,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_encode_parser(sub) -> None:
     p = sub.add_parser("encode", help="encode a file of texts into a .npy matrix")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input", required=True, help=".txt (a text per line), .jsonl or .parquet")
     p.add_argument("--field", default="text", help="the text field of JSONL/Parquet rows (default: %(default)s)")
     p.add_argument("--output", required=True, help="output .npy file")
@@ -328,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.set_defaults(func=cmd_encode)
 
+
+def _add_mine_parser(sub) -> None:
     p = sub.add_parser("mine", help="rank a corpus for retrieval rows: their hard-negative candidates (docs/mining.md)")
-    p.add_argument("model", help=model_help + " (the teacher, the base or a trained stage)")
+    p.add_argument("model", help=MODEL_HELP + " (the teacher, the base or a trained stage)")
     p.add_argument("--input", required=True, help="retrieval rows (id, query, positives, optional positive_ids)")
     p.add_argument("--corpus", required=True, help="passages (id, text)")
     p.add_argument("--output", required=True, help="the rows with ranked `candidates` (.jsonl or .parquet)")
@@ -356,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.set_defaults(func=cmd_mine)
 
+
+def _add_merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="average the parameters of models trained from one base (LM-Cocktail; "
                                      "docs/forgetting.md)")
     p.add_argument("models", nargs="+", help="model folders or shipped names (e5-small), same architecture")
@@ -370,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_merge)
 
+
+def _add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model behind the OpenAI embeddings API (docs/serving.md)")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $CONAN_EMBED_API_KEY, else none)")
@@ -397,13 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a model folder to ONNX (fp32, or int8) for the onnx backend "
                                       "(docs/serving.md)")
     p.add_argument("model", help="a model folder; the export goes to its onnx/ subfolder")
     p.add_argument("--format", default="onnx", choices=("onnx",))
     p.add_argument("--quantize", default="none", choices=("none", "int8"),
                    help="int8: dynamic quantisation of the weights (default: %(default)s)")
-    # backends.ARCHS, spelled out: importing backends (torch) would slow every command's start
+    # onnx_runtime.ARCHS, spelled out: importing it (torch) would slow every command's start
     p.add_argument("--arch", default="avx2", choices=("arm64", "avx2", "avx512", "avx512_vnni"),
                    help="int8: the CPU family the file is for (default: %(default)s)")
     p.add_argument("--no-check", action="store_true",
@@ -411,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "suite's Retrieval against fp32)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_training_stages_parser(sub) -> None:
     for stage, what in (("pretrain", "weak-pair InfoNCE with in-batch negatives"),
                         ("finetune", "retrieval with hard negatives + STS, Matryoshka")):
         p = sub.add_parser(stage, help=f"train the recipe's {stage} stage ({what})")
@@ -419,11 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop with a checkpoint after STEP steps (continue later with --resume)")
         p.set_defaults(func=cmd_train_stage)
 
+
+def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="build-data, every stage and the evaluation of a recipe into one run folder")
     _add_recipe_args(p, stage=False)
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.set_defaults(func=cmd_run)
 
+
+def _add_ablation_parser(sub) -> None:
     p = sub.add_parser("ablation", help="the paper's Table 3: from one pre-trained model, fine-tune vanilla, "
                                         "CBB only, DHNM (two rules), both, and both with a false-negative filter, over seeds "
                                         "(docs/reproducing.md)")
@@ -434,12 +455,28 @@ def build_parser() -> argparse.ArgumentParser:
                                   "DHNM (loss-weight), CBB + DHNM, + false-negative filter)")
     p.add_argument("--output", help="folder (default: the recipe's output_dir/ablation); finished work there is reused")
     p.set_defaults(func=cmd_ablation)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conan-embed", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"conan-embed {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_const", const=1, default=0, dest="verbosity",
+                      help="log debug details too")
+    talk.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
+                      help="log warnings only (progress bars and results still print)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_assets_parser, _add_build_data_parser, _add_curate_parser, _add_eval_parser, _add_encode_parser,
+                _add_mine_parser, _add_merge_parser, _add_serve_parser, _add_export_parser, _add_training_stages_parser,
+                _add_run_parser, _add_ablation_parser):  # the order `conan-embed --help` lists them in
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    set_verbosity(args.verbosity)
     if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
         from conan_embed.training.launch import launch_local
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
+from conan_embed.logs import get_logger
 
+log = get_logger("merge")
 DEFAULT_TEMPERATURE = 5.0  # LM-Cocktail's: losses a nat apart get weights ~0.55 / 0.45
 SCORE_TEMPERATURE = 0.05  # the InfoNCE temperature the examples are scored with (LM-Cocktail's, and ours)
 
@@ -135,8 +137,8 @@ def merge_models(models, output: str | Path, *, weights=None, examples=None,
         weights = weights_from_losses([sum(v.values()) / len(v) for v in losses.values()], temperature)
         if show_progress:
             for name, w in zip(names, weights):
-                print(f"  {name}: mean example loss {sum(losses[name].values()) / len(losses[name]):.4f} "
-                      f"-> weight {w:.3f}")
+                log.info(f"{name}: mean example loss {sum(losses[name].values()) / len(losses[name]):.4f} "
+                         f"-> weight {w:.3f}")
     weights = check_weights(weights, len(models))
     states = [m.state_dict() for m in loaded.values()]
     merged = {}

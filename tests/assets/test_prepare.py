@@ -22,10 +22,10 @@ def synthetic_assets(tmp_path, monkeypatch, synthetic):
 
 
 def test_prepare_is_idempotent_and_loads_as_plain_sentence_transformer(synthetic_assets):
-    path = assets.prepare_model("e5-small-full", log=lambda *_: None)
+    path = assets.prepare_model("e5-small-full")
     assert path == synthetic_assets / "cache" / "models" / "e5-small-full"
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert assets.prepare_model("e5-small-full", log=lambda *_: None) == path
+    assert assets.prepare_model("e5-small-full") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
 
     from sentence_transformers import SentenceTransformer
@@ -43,7 +43,7 @@ def test_interrupted_prepare_leaves_nothing_half_written(synthetic_assets, monke
 
     monkeypatch.setattr(assets, "save_embedder", crash)
     with pytest.raises(KeyboardInterrupt):
-        assets.prepare_model("e5-small-full", log=lambda *_: None)
+        assets.prepare_model("e5-small-full")
     models = synthetic_assets / "cache" / "models"
     assert list(models.iterdir()) == []  # the temporary folder went with the crash
     monkeypatch.undo()
@@ -55,7 +55,7 @@ def test_stale_or_partial_cache_is_rebuilt(synthetic_assets):
     target = synthetic_assets / "cache" / "models" / "e5-small-full"
     target.mkdir(parents=True)
     (target / "junk").write_text("from an older version")
-    path = assets.prepare_model("e5-small-full", log=lambda *_: None)
+    path = assets.prepare_model("e5-small-full")
     assert assets.is_ready(path) and not (path / "junk").exists()
 
 
@@ -69,4 +69,4 @@ def test_corrupt_model_file_is_a_clear_error(synthetic_assets, monkeypatch):
     bad.write_bytes(b"E5S1" + bytes(10))
     monkeypatch.setattr(assets, "e5s1_file", lambda: bad)
     with pytest.raises(AssetError, match="bad.bin"):
-        assets.prepare_model("e5-small-full", log=lambda *_: None)
+        assets.prepare_model("e5-small-full")

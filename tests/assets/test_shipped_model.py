@@ -11,7 +11,7 @@ from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
 def e5_models():
     from sentence_transformers import SentenceTransformer
 
-    return {name: SentenceTransformer(str(prepare_model(name, log=lambda *_: None)), device="cpu")
+    return {name: SentenceTransformer(str(prepare_model(name)), device="cpu")
             for name in ("e5-small", "e5-small-full")}
 
 

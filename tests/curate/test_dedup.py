@@ -6,10 +6,10 @@ import random
 
 import numpy as np
 
-from conan_embed.curate.config import DedupConfig
+from conan_embed.curate.curate_config import DedupConfig
 from conan_embed.curate.dedup import DedupStage, NearDuplicateDetector
 from conan_embed.curate.minhash import jaccard
-from conan_embed.curate.records import Record
+from conan_embed.curate.curation_record import Record
 
 FIELDS = {"query": "query", "passage": "passage"}
 

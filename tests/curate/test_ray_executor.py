@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conan_embed.curate import curate, curate_config_from_dict
-from conan_embed.curate.config import ExecutorConfig
+from conan_embed.curate.curate_config import ExecutorConfig
 from conan_embed.curate.executors import LocalExecutor
 
 from .conftest import write_jsonl

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from conan_embed.curate.config import (ClassifierConfig, HeuristicsConfig, LanguageConfig, NormalizeConfig,
+from conan_embed.curate.curate_config import (ClassifierConfig, HeuristicsConfig, LanguageConfig, NormalizeConfig,
                                        QualityConfig, SafetyConfig, TrainedClassifierConfig)
 from conan_embed.curate.heuristics import HeuristicFilter
 from conan_embed.curate.language import LanguageFilter
 from conan_embed.curate.normalize import TextNormalizer
 from conan_embed.curate.quality import QualityFilter
-from conan_embed.curate.records import Record
+from conan_embed.curate.curation_record import Record
 from conan_embed.curate.safety import SafetyFilter
 from conan_embed.errors import InputError
 

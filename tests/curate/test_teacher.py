@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conan_embed.curate.config import TeacherConfig
+from conan_embed.curate.curate_config import TeacherConfig
 from conan_embed.curate.teacher import TeacherScorer, histogram, histogram_text, score_cut
 
 
@@ -58,7 +58,7 @@ def test_the_teacher_runs_on_the_onnx_backend(tiny_teacher, shipped_pairs, tmp_p
 
 @pytest.mark.parametrize("bad", [{"percentile": 100}, {"threshold": 1.5}, {"backend": "tensorrt"}])
 def test_bad_teacher_settings_name_the_key(bad):
-    from conan_embed.curate.config import curate_config_from_dict
+    from conan_embed.curate.curate_config import curate_config_from_dict
     from conan_embed.errors import InputError
 
     with pytest.raises(InputError, match=f"stages.teacher.{next(iter(bad))}"):

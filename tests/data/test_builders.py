@@ -8,7 +8,7 @@ from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    manifest = builders.build_all(out, progress=False, log=lambda *_: None)
+    manifest = builders.build_all(out, progress=False)
     return out, manifest
 
 

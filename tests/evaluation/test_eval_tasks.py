@@ -53,7 +53,7 @@ def _oracle_encoder(tiny_model_dir, data, *, reverse=False):
 def test_oracle_scores_perfect_and_reversed_scores_low(category, tiny_model_dir, tiny_data):
     import mteb
 
-    from conan_embed.evaluation.tasks import build_task
+    from conan_embed.evaluation.suite_tasks import build_task
 
     def main_score(encoder):
         task = build_task(category, tiny_data)
@@ -154,7 +154,7 @@ def test_avg_is_over_datasets_not_categories():
 
 def test_task_names_and_aliases():
     from conan_embed.evaluation.suite import TASK_CATEGORY, resolve_tasks
-    from conan_embed.evaluation.tasks import TASK_NAMES
+    from conan_embed.evaluation.suite_tasks import TASK_NAMES
 
     assert TASK_CATEGORY == TASK_NAMES
     assert resolve_tasks(None) == list(TASK_CATEGORY)
@@ -167,7 +167,7 @@ def test_task_names_and_aliases():
 
 def test_guard_tasks_selected_by_name():
     from conan_embed.evaluation.suite import GUARD_TASK_NAMES, TASK_CATEGORY, select_tasks
-    from conan_embed.evaluation.tasks import GUARD_TASKS
+    from conan_embed.evaluation.suite_tasks import GUARD_TASKS
 
     guards = list(GUARD_TASK_NAMES)
     assert tuple(GUARD_TASKS) == GUARD_TASK_NAMES

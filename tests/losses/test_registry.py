@@ -25,8 +25,8 @@ def test_shipped_losses_are_built_with_the_task_settings():
 
 
 def test_a_registered_loss_is_what_the_trainer_builds(monkeypatch):
-    from conan_embed.training.batching import CrossGPUBatchBalance, SequentialTasks
-    from conan_embed.training.config import ComposerConfig, LossConfig, TaskConfig
+    from conan_embed.training.composers import CrossGPUBatchBalance, SequentialTasks
+    from conan_embed.training.training_config import ComposerConfig, LossConfig, TaskConfig
     from conan_embed.training.trainer import task_loss_module
 
     class ScaledCosine(torch.nn.Module):  # 1 - mean cos(q, p), times a factor

@@ -29,7 +29,7 @@ class State:
 def build_miner(recipe_path: str):
     from conan_embed.mining import DynamicHardNegativeMiner
     from conan_embed.recipe.schema import load_recipe
-    from conan_embed.training.tasks import load_tasks
+    from conan_embed.training.training_tasks import load_tasks
 
     recipe = load_recipe(recipe_path)
     stage = recipe.stages["finetune"]

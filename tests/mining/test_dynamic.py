@@ -17,7 +17,7 @@ from conan_embed.recipe.schema import recipe_from_dict
 from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.testing import crash_after_step
 from conan_embed.training.callbacks import StepRecordCallback, read_log
-from conan_embed.training.tasks import load_tasks
+from conan_embed.training.training_tasks import load_tasks
 
 SKIP, COUNT = 3, 2  # the tiny recipe's negatives: {skip_top: 3, count: 2}; 24 candidates a row -> 10 windows
 

@@ -149,7 +149,7 @@ def test_approximate_indexes_find_most_of_the_exact_top(st_model, files, tmp_pat
 def test_mined_rows_train(st_model, files, tmp_path, recipe_dict):
     """The output is what finetune reads: its static window is candidates ranked skip_top onwards."""
     from conan_embed.recipe.schema import recipe_from_dict
-    from conan_embed.training.tasks import load_tasks
+    from conan_embed.training.training_tasks import load_tasks
 
     queries, corpus_path, _, _ = files
     mine(st_model, queries, corpus_path, tmp_path / "finetune/mined.jsonl",

@@ -13,7 +13,7 @@ PROMPTS = {"query": "q: ", "document": "d: ", "passage": "p: "}
 
 
 def test_every_component_uses_the_document_prompt(train_bert, train_data, recipe_dict, tmp_path):
-    from conan_embed.curate.config import TeacherConfig
+    from conan_embed.curate.curate_config import TeacherConfig
     from conan_embed.curate.teacher import TeacherScorer
     from conan_embed.mining import MineConfig, mine
     from conan_embed.modeling import build_embedder, save_embedder

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from conan_embed.serving.batching import DynamicBatcher, QueueFull, plan_batches
+from conan_embed.serving.dynamic_batching import DynamicBatcher, QueueFull, plan_batches
 
 
 def test_plan_batches_respects_the_padded_budget_and_groups():
@@ -73,7 +73,7 @@ def test_queue_bound_and_failure_isolation():
 
 
 def test_bucket_shape_bounds_the_number_of_shapes():
-    from conan_embed.serving.batching import bucket_shape
+    from conan_embed.serving.dynamic_batching import bucket_shape
 
     assert bucket_shape(1, 9, 512) == (1, 16)
     assert bucket_shape(3, 16, 512) == (4, 16)

@@ -17,7 +17,7 @@ from .conftest import TEXTS
 
 
 def test_bucketed_passes_give_the_same_vectors(tiny_model):
-    from conan_embed.serving.batching import PendingText, bucket_shape
+    from conan_embed.serving.dynamic_batching import PendingText, bucket_shape
 
     plain, bucketed = (EmbeddingEngine(tiny_model, device="cpu", pass_overhead_tokens=8, shape_buckets=b)
                        for b in (False, True))

@@ -10,7 +10,7 @@ import yaml
 
 from conan_embed.cli import main
 from conan_embed.errors import InputError
-from conan_embed.recipe.ablation import (ROWS, ablation_table, ordering_lines, paired_interval, paired_table, row_recipe)
+from conan_embed.recipe.ablation import ROWS, ablation_table, ordering_lines, paired_interval, paired_table, row_recipe
 from conan_embed.recipe.schema import load_recipe
 from conan_embed.training.callbacks import read_log
 

@@ -8,8 +8,8 @@ import pytest
 
 from conan_embed.errors import InputError
 from conan_embed.recipe.schema import recipe_from_dict
-from conan_embed.training.batching import SequentialTasks, deduplicated_batches
-from conan_embed.training.tasks import StepPlan, load_tasks
+from conan_embed.training.composers import SequentialTasks, deduplicated_batches
+from conan_embed.training.training_tasks import StepPlan, load_tasks
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from conan_embed.errors import InputError
 from conan_embed.recipe.schema import recipe_from_dict
 from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.serving.local import free_port
-from conan_embed.training.batching import CrossGPUBatchBalance
+from conan_embed.training.composers import CrossGPUBatchBalance
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import ComposerConfig
+from conan_embed.training.training_config import ComposerConfig
 from conan_embed.training.distributed import RankRole, cbb_roles
-from conan_embed.training.tasks import load_tasks
+from conan_embed.training.training_tasks import load_tasks
 
 WORKER = Path(__file__).with_name("stage_worker.py")
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

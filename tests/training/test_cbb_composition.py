@@ -133,7 +133,7 @@ def test_one_process_step_is_the_formula(no_dropout_recipe, tmp_path):
 def test_three_processes_step_is_the_formula(no_dropout_recipe, tmp_path):
     import yaml
 
-    from conan_embed.training.batching import build_composer
+    from conan_embed.training.composers import build_composer
 
     recipe_dict = _recipe(no_dropout_recipe, tmp_path, {"sts_ranks": 1})
     path, out = tmp_path / "three.yaml", tmp_path / "step.pt"

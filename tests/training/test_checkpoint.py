@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from conan_embed.mining.config import MiningConfig
+from conan_embed.mining.mining_config import MiningConfig
 from conan_embed.recipe.fingerprint import changed_keys
 
 

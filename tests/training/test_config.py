@@ -10,7 +10,7 @@ import yaml
 from conan_embed.errors import InputError
 from conan_embed.recipe.runner import check_data_files
 from conan_embed.recipe.schema import load_recipe, recipe_from_dict
-from conan_embed.training.tasks import TrainingTask
+from conan_embed.training.training_tasks import TrainingTask
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -18,11 +18,11 @@ from conan_embed.errors import InputError
 from conan_embed.recipe.schema import recipe_from_dict
 from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.serving.local import free_port
-from conan_embed.training.batching import SequentialTasks
+from conan_embed.training.composers import SequentialTasks
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import in_batch_scope
+from conan_embed.training.training_config import in_batch_scope
 from conan_embed.training.distributed import split_global_batch
-from conan_embed.training.tasks import load_tasks
+from conan_embed.training.training_tasks import load_tasks
 
 HERE = Path(__file__).parent
 

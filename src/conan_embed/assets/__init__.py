@@ -26,11 +26,14 @@ import time
 from pathlib import Path
 
 from conan_embed.errors import AssetError, InputError
+from conan_embed.logs import get_logger
 from conan_embed.modeling import E5_PROMPTS, build_embedder, save_embedder
 
 CACHE_ENV = "CONAN_EMBED_CACHE"
 READY_MARKER = "conan_embed_asset.json"
 ASSET_FORMAT = 1  # bump when the conversion changes, so stale caches are rebuilt
+
+log = get_logger("assets")
 
 MODELS = {
     "e5-small": {"prune": True, "description": "multilingual-e5-small, vocabulary pruned for Chinese"},
@@ -82,7 +85,7 @@ def is_ready(path: Path) -> bool:
         return False
 
 
-def prepare_model(name: str = "e5-small", *, force: bool = False, log=print) -> Path:
+def prepare_model(name: str = "e5-small", *, force: bool = False) -> Path:
     """Convert a shipped model into the cache (once) and return its sentence-transformers folder."""
     if name not in MODELS:
         raise InputError(f"unknown model asset {name!r}; known: {', '.join(MODELS)}")
@@ -93,7 +96,7 @@ def prepare_model(name: str = "e5-small", *, force: bool = False, log=print) -> 
     from conan_embed.assets.e5s1 import read_e5s1
 
     start = time.perf_counter()
-    log(f"preparing {name} ({MODELS[name]['description']}) in {final} ...")
+    log.info(f"preparing {name} ({MODELS[name]['description']}) in {final} ...")
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
         e5s1 = read_e5s1(e5s1_file())
@@ -115,7 +118,7 @@ def prepare_model(name: str = "e5-small", *, force: bool = False, log=print) -> 
         if final.exists():
             shutil.rmtree(final)
         os.replace(staged, final)
-    log(f"prepared {name} in {time.perf_counter() - start:.0f} s")
+    log.info(f"prepared {name} in {time.perf_counter() - start:.0f} s")
     return final
 
 
@@ -131,7 +134,7 @@ def check_packages() -> list[dict]:
     return rows
 
 
-def prepare_all(*, force: bool = False, models=("e5-small", "e5-small-full"), log=print) -> dict:
+def prepare_all(*, force: bool = False, models=("e5-small", "e5-small-full")) -> dict:
     """Check the data packages and prepare the model folders; returns a report."""
     packages = check_packages()
     bad = [p for p in packages if p["installed"] != p["pinned"]]
@@ -139,4 +142,4 @@ def prepare_all(*, force: bool = False, models=("e5-small", "e5-small-full"), lo
         raise AssetError("; ".join(f"{p['package']}=={p['pinned']} needed, found {p['installed'] or 'none'}"
                                    for p in bad) + " (run `make setup`)")
     return {"cache": str(cache_dir()), "packages": packages,
-            "models": {m: str(prepare_model(m, force=force, log=log)) for m in models}}
+            "models": {m: str(prepare_model(m, force=force)) for m in models}}

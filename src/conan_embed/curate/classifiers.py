@@ -11,8 +11,8 @@ import importlib
 
 import numpy as np
 
-from conan_embed.curate.config import ClassifierConfig, TrainedClassifierConfig
-from conan_embed.curate.stage import Filter
+from conan_embed.curate.curate_config import ClassifierConfig, TrainedClassifierConfig
+from conan_embed.curate.stage_interface import Filter
 from conan_embed.errors import InputError
 
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 
 from conan_embed.curate import minhash
-from conan_embed.curate.config import DedupConfig
-from conan_embed.curate.records import Record
-from conan_embed.curate.stage import Stage
+from conan_embed.curate.curate_config import DedupConfig
+from conan_embed.curate.curation_record import Record
+from conan_embed.curate.stage_interface import Stage
 
 
 def dedup_key(query: str, passage: str, key: str) -> str:

@@ -12,8 +12,8 @@ import re
 import unicodedata
 from collections import Counter
 
-from conan_embed.curate.config import HeuristicsConfig
-from conan_embed.curate.stage import Filter
+from conan_embed.curate.curate_config import HeuristicsConfig
+from conan_embed.curate.stage_interface import Filter
 
 _DIGIT = re.compile(r"\d")
 _ASCII_SYMBOLS = frozenset("#*|~^_=<>[]{}\\/@&$")

@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from conan_embed.curate.records import REJECT_FIELDS, Record
+from conan_embed.curate.curation_record import REJECT_FIELDS, Record
 from conan_embed.errors import InputError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # CSV bytes that were not UTF-8 (surrogateescape), or JSON "\\udc80"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from conan_embed.curate.config import LanguageConfig
-from conan_embed.curate.stage import Filter
+from conan_embed.curate.curate_config import LanguageConfig
+from conan_embed.curate.stage_interface import Filter
 from conan_embed.errors import InputError
 
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from conan_embed.curate.config import NormalizeConfig
-from conan_embed.curate.stage import Stage
+from conan_embed.curate.curate_config import NormalizeConfig
+from conan_embed.curate.stage_interface import Stage
 from conan_embed.errors import InputError
 
 # full-width punctuation blocks (！＂＃…／, ：；＜＝＞？＠, ［＼］＾＿｀, ｛｜｝～｟｠｡｢｣､･) and the ellipsis

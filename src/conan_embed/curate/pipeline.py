@@ -28,21 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-from conan_embed.curate.config import CurateConfig, StagesConfig
+from conan_embed.curate.curate_config import CurateConfig, StagesConfig
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.executors import make_executor
 from conan_embed.curate.io import Shard, plan_shards, read_shard
-from conan_embed.curate.records import Record
+from conan_embed.curate.curation_record import Record
 from conan_embed.curate.teacher import TeacherScorer, histogram, score_cut
 from conan_embed.data.records import read_records, write_records
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
+from conan_embed.logs import get_logger
 
 TABLE_STAGES = ("read", "normalize", "language", "heuristics", "safety", "quality", "dedup", "sample", "teacher")
 
 
-def _log(msg: str) -> None:
-    print(f"[conan-embed curate] {msg}", flush=True)
+log = get_logger("curate")
 
 
 def build_row_stages(cfg: CurateConfig) -> list:
@@ -313,7 +313,7 @@ class Curation:
         if stats_file.is_file():
             stats = json.loads(stats_file.read_text())
             if stats.get("hash") == self.hash:
-                _log(f"{self.out} is complete (stats.json); --overwrite to redo it")
+                log.info(f"{self.out} is complete (stats.json); --overwrite to redo it")
                 return stats
         executor = make_executor(self.cfg.executor, self.show_progress)
         timings = {}
@@ -322,7 +322,7 @@ class Curation:
             (self.work / "a").mkdir(parents=True, exist_ok=True)
             pending = self._pending("a")
             last = self.shards[-1]
-            _log(f"{last.gid_start + last.stop - last.start:,} rows in {len(self.shards)} shard(s); filtering "
+            log.info(f"{last.gid_start + last.stop - last.start:,} rows in {len(self.shards)} shard(s); filtering "
                  f"{len(pending)} with the {executor.name} executor")
             executor.map(self.row_phase, pending, "filter")
             phase_a = {s.name: json.loads(self._marker("a", s).read_text()) for s in self.shards}
@@ -343,7 +343,7 @@ class Curation:
             jobs = [(s, quotas[s.name], removed_in[s.name]) for s in self._pending("c")]
             teacher = self.cfg.stages.teacher
             if teacher.enabled and jobs:
-                _log(f"teacher {teacher.model}: scoring {sum(min(survivors[j[0].name], j[1] or 1 << 62) for j in jobs):,}"
+                log.info(f"teacher {teacher.model}: scoring {sum(min(survivors[j[0].name], j[1] or 1 << 62) for j in jobs):,}"
                      f" pairs")
                 executor.score(lambda: TeacherScorer(teacher), self.score_phase, jobs, "teacher")
             else:

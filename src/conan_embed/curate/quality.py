@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from conan_embed.curate.classifiers import CharNgramClassifier, ClassifierFilter, load_classifiers
-from conan_embed.curate.config import QualityConfig
+from conan_embed.curate.curate_config import QualityConfig
 
 _PHONE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 _QQ = re.compile(r"(?:QQ|qq|扣扣)\s*[:：号]?\s*\d{5,11}")

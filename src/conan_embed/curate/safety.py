@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from conan_embed.curate.classifiers import ClassifierFilter, load_classifiers
-from conan_embed.curate.config import SafetyConfig
+from conan_embed.curate.curate_config import SafetyConfig
 from conan_embed.errors import InputError
 
 _DOMAIN = re.compile(r"(?<![\w.-])((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24})(?![\w-])", re.I)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from conan_embed.curate.config import TeacherConfig
+from conan_embed.curate.curate_config import TeacherConfig
 
 
 class TeacherScorer:

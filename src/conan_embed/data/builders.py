@@ -20,8 +20,11 @@ import numpy as np
 
 from conan_embed.data import splits
 from conan_embed.data.records import write_records
-from conan_embed.files import write_json
 from conan_embed.data.sources import insuranceqa_answers, insuranceqa_questions
+from conan_embed.files import write_json
+from conan_embed.logs import get_logger
+
+log = get_logger("data")
 
 # 2: the guard articles are held out of the weak pairs; 3: and the validation split's; 4: that split holds
 # 15 % of the news articles instead of 5 % (docs/forgetting.md)
@@ -161,8 +164,9 @@ def build_classification(*, negatives: int = 7, per_class: int | None = 1500,
                                if per_class else None, rng=rng))
 
 
-def build_all(output: str | Path, *, progress: bool = True, log=print) -> dict:
-    """Write every training file under `output` and a manifest.json with counts; returns it."""
+def build_all(output: str | Path, *, progress: bool = True) -> dict:
+    """Write every training file under `output` and a manifest.json with counts; returns it. progress: a
+    bar while the retrieval rows are built, and a line per file written."""
     output = Path(output)
     start = time.perf_counter()
     retrieval, corpus = build_retrieval(progress=progress)
@@ -171,7 +175,8 @@ def build_all(output: str | Path, *, progress: bool = True, log=print) -> dict:
     counts = {}
     for name, rows in built.items():
         counts[name] = write_records(output / FILES[name], rows, KINDS[name])
-        log(f"{counts[name]:>7,} {name:<15} -> {output / FILES[name]}")
+        if progress:
+            log.info(f"{counts[name]:>7,} {name:<15} -> {output / FILES[name]}")
     manifest = {"builder_version": BUILDER_VERSION, "seed": splits.SEED, "files": FILES, "counts": counts,
                 "sources": {"weak_pairs": _count_by(built["weak_pairs"], "source"),
                             "classification": _count_by(built["classification"], "task")},

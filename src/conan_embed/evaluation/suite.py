@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from conan_embed.data.splits import check_split
 from conan_embed.errors import InputError
 from conan_embed.evaluation.sizes import SuiteSize, get_size
 from conan_embed.files import write_json
+from conan_embed.logs import get_logger
 from conan_embed.model_loading import ModelSource, load_embedder, resolve_model
 from conan_embed.modeling import check_truncate_dim
 
@@ -171,9 +171,45 @@ def _quiet(show_progress: bool):
                 datasets.enable_progress_bars()
 
 
+log = get_logger("eval")
+
+
 def _log(enabled: bool, msg: str) -> None:
-    if enabled:
-        print(msg, file=sys.stderr, flush=True)
+    if enabled:  # show_progress=False: the suite says nothing (a caller running many models reports itself)
+        log.info(msg)
+
+
+def _score_task(encoder, task, name: str, category: str, sizes: dict, *, batch_size: int, show_progress: bool,
+                output_dir: Path | None) -> dict:
+    """One task through mteb: its eval.json entry (and mteb's own result file under output_dir/mteb/)."""
+    import mteb
+
+    n_calls = len(encoder.calls)
+    t0 = time.perf_counter()
+    run = mteb.evaluate(
+        encoder, task, cache=None, co2_tracker=False, show_progress_bar=False,
+        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress},
+    )
+    seconds = time.perf_counter() - t0
+    if run.exceptions:
+        raise RuntimeError(f"{name} failed: {run.exceptions[0].exception}")
+    task_result = run.task_results[0]
+    scores = task_result.scores["test"][0]
+    main_metric = task.metadata.main_score
+    entry = {
+        "category": category,
+        "main_metric": main_metric,
+        "main_score": float(scores[main_metric]),
+        "scores": {k: _num(scores.get(k)) for k in EXTRA_SCORES[category] if k in scores},
+        "size": sizes,
+        "seconds": round(seconds, 2),
+        "texts_encoded": sum(c["encoded"] for c in encoder.calls[n_calls:]),
+    }
+    _log(show_progress, f"      {METRIC_LABELS.get(main_metric, main_metric)} {entry['main_score']:.4f} in {seconds:.1f}s")
+    if output_dir is not None:
+        (output_dir / "mteb").mkdir(parents=True, exist_ok=True)
+        task_result.to_disk(output_dir / "mteb" / f"{name}.json")
+    return entry
 
 
 def run_suite(
@@ -231,9 +267,9 @@ def run_suite(
 
     from conan_embed.evaluation.data import build_suite_data
     from conan_embed.evaluation.encoder import SuiteEncoder
-    from conan_embed.evaluation.tasks import GUARD_TASKS, TASK_NAMES, build_task
+    from conan_embed.evaluation.suite_tasks import GUARD_TASKS, TASK_NAMES, build_task
 
-    _log(show_progress, f"conan-embed eval: {model_name} | {split} split, size {size.name} | dim {dim or out_dim} | "
+    _log(show_progress, f"{model_name} | {split} split, size {size.name} | dim {dim or out_dim} | "
                         f"tasks {', '.join(names + guards)}")
     t0 = time.perf_counter()
     data = build_suite_data(size, split=split)
@@ -259,33 +295,9 @@ def run_suite(
             sizes = data.sizes[name if category == "Guard" else category]
             _log(show_progress, f"[{i}/{len(jobs)}] {name} ({category}): "
                                 + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-            n_calls = len(encoder.calls)
-            t0 = time.perf_counter()
-            run = mteb.evaluate(
-                encoder, task, cache=None, co2_tracker=False, show_progress_bar=False,
-                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress},
-            )
-            seconds = time.perf_counter() - t0
-            if run.exceptions:
-                raise RuntimeError(f"{name} failed: {run.exceptions[0].exception}")
-            task_result = run.task_results[0]
-            scores = task_result.scores["test"][0]
-            main_metric = task.metadata.main_score
-            entry = {
-                "category": category,
-                "main_metric": main_metric,
-                "main_score": float(scores[main_metric]),
-                "scores": {k: _num(scores.get(k)) for k in EXTRA_SCORES[category] if k in scores},
-                "size": sizes,
-                "seconds": round(seconds, 2),
-                "texts_encoded": sum(c["encoded"] for c in encoder.calls[n_calls:]),
-            }
+            entry = _score_task(encoder, task, name, category, sizes, batch_size=batch_size,
+                                show_progress=show_progress, output_dir=output_dir)
             (guard_entries if category == "Guard" else entries)[name] = entry
-            _log(show_progress, f"      {METRIC_LABELS.get(main_metric, main_metric)} "
-                                f"{entry['main_score']:.4f} in {seconds:.1f}s")
-            if output_dir is not None:
-                (output_dir / "mteb").mkdir(parents=True, exist_ok=True)
-                task_result.to_disk(output_dir / "mteb" / f"{name}.json")
 
     summary = summarize(entries)
     result = {

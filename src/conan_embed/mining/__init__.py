@@ -2,7 +2,7 @@
 mining during training (`DynamicHardNegativeMiner`), with the paper's rule as pure functions
 (`is_exhausted`, `negative_window`, `false_negative_limit`)."""
 
-from conan_embed.mining.config import MineConfig, RecipeMineConfig
+from conan_embed.mining.mining_config import MineConfig, RecipeMineConfig
 from conan_embed.mining.rule import false_negative_limit, is_exhausted, negative_window
 
 __all__ = ["DynamicHardNegativeMiner", "MineConfig", "RecipeMineConfig", "false_negative_limit", "is_exhausted", "mine",

@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from conan_embed.errors import InputError
-from conan_embed.mining.config import MiningConfig
+from conan_embed.mining.mining_config import MiningConfig
 from conan_embed.mining.rule import false_negative_limit, is_exhausted, loss_weight_fell
 from conan_embed.training.callbacks import StepRecordCallback
 from conan_embed.training.checkpoint import NegativeSource
 from conan_embed.training.distributed import gather_objects, rank_and_world, shard, unshard
-from conan_embed.training.tasks import TrainingTask
+from conan_embed.training.training_tasks import TrainingTask
 
 STATE_FILE = "dhnm_state.npz"
 

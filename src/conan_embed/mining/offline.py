@@ -27,7 +27,7 @@ import numpy as np
 from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
-from conan_embed.mining.config import MineConfig, check_mine_config, filters_false_negatives
+from conan_embed.mining.mining_config import MineConfig, check_mine_config, filters_false_negatives
 from conan_embed.mining.rule import false_negative_limit
 from conan_embed.model_loading import ModelSource, load_embedder, resolve_model
 

@@ -29,19 +29,20 @@ from __future__ import annotations
 import dataclasses
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from conan_embed.errors import InputError
 from conan_embed.evaluation.forgetting import column_value, score_columns
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.logs import get_logger
 from conan_embed.model_loading import model_fingerprint
-from conan_embed.recipe.runner import (check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data, run_recipe)
+from conan_embed.recipe.runner import (check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data,
+                                      run_recipe)
 from conan_embed.recipe.schema import Recipe
 from conan_embed.recipe.stage_training import init_model_path, read_summary, stage_paths, train_stage
 from conan_embed.training.callbacks import read_log
-from conan_embed.training.config import ComposerConfig
+from conan_embed.training.training_config import ComposerConfig
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.plots import plot_hard_negative_scores, plot_schedule_losses
 
@@ -61,8 +62,7 @@ PAPER_AVG = {"pre-training only": 62.9, "vanilla": 68.8, "CBB only": 70.4, "DHNM
              "CBB + DHNM": 72.62}
 
 
-def _log(msg: str) -> None:
-    print(f"[ablation] {msg}", file=sys.stderr, flush=True)
+log = get_logger("ablation")
 
 
 def _slug(row: str) -> str:
@@ -126,17 +126,17 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     lead = launched_rank_and_world()[0] == 0
     start = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
-    _log(f"{recipe.name}: pre-training once, then {len(rows)} rows x {len(seeds)} seeds into {output}")
+    log.info(f"{recipe.name}: pre-training once, then {len(rows)} rows x {len(seeds)} seeds into {output}")
     pretrained = pretrain_once(recipe, output, show_progress=show_progress and lead)
     runs = [(row, seed, row_recipe(recipe, row, seed, pretrained, output)) for seed in seeds for row in rows]
     for i, (row, seed, r) in enumerate(runs, 1):  # seed-major: a stopped ablation has every row at the first seeds
         name = next(iter(r.stages))
-        _log(f"[{i}/{len(runs)}] {row}, seed {seed}: training {r.stages[name].max_steps} steps")
+        log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: training {r.stages[name].max_steps} steps")
         train_stage(r, name, resume=True, show_progress=show_progress and lead)
     if not lead:
         return None
     baseline = "pre-training only" if len(recipe.stages) > 1 else "base (no training)"
-    _log(f"evaluating {baseline}")
+    log.info(f"evaluating {baseline}")
     scores = {baseline: [evaluate_model("pretrained", pretrained, recipe, output, resume=True)]}
     # A dynamic row whose rule replaced no set trains to its static twin's very weights: score those once.
     scored, twins = {}, []
@@ -146,9 +146,9 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
         if key in scored:
             twin, result = scored[key]
             twins.append(f"- {row}, seed {seed}: the same weights as {twin} (scored once)")
-            _log(f"[{i}/{len(runs)}] {row}, seed {seed}: the same weights as {twin}, not scored again")
+            log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: the same weights as {twin}, not scored again")
         else:
-            _log(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
+            log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
             result = evaluate_model(_slug(row), model, r, Path(r.output_dir), resume=True)
             scored[key] = (f"{row}, seed {seed}", result)
         scores.setdefault(row, []).append(result)

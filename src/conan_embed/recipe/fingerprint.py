@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from conan_embed.mining.config import MiningConfig
+from conan_embed.mining.mining_config import MiningConfig
 
 
 def _added_settings() -> dict:

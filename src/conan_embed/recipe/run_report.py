@@ -66,7 +66,7 @@ def forgetting_lines(evals: dict[str, dict]) -> list[str]:
 
 
 def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
-    from conan_embed.curate.report import retention_markdown, teacher_summary
+    from conan_embed.curate.retention_report import retention_markdown, teacher_summary
     from conan_embed.curate.teacher import histogram_text
 
     lines = ["## Data curation", "",

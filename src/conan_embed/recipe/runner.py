@@ -24,22 +24,28 @@ from pathlib import Path
 
 import yaml
 
+from conan_embed.curate import curate
+from conan_embed.data.builders import BUILDER_VERSION, build_all
 from conan_embed.errors import InputError
+from conan_embed.evaluation import run_cmteb, run_suite
+from conan_embed.evaluation.sizes import get_size
 from conan_embed.files import write_json, write_text_atomic
+from conan_embed.logs import get_logger
+from conan_embed.merging import merge_examples, merge_models
+from conan_embed.mining import mine
+from conan_embed.model_loading import load_embedder
+from conan_embed.recipe.run_report import write_report
 from conan_embed.recipe.schema import Recipe
 from conan_embed.recipe.stage_training import init_model_path, stage_paths, train_stage
 from conan_embed.training.callbacks import plot_loss_curve, read_log
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 
 
-def _log(msg: str) -> None:
-    print(f"[conan-embed run] {msg}", flush=True)
+log = get_logger("run")
 
 
 def prepare_data(recipe: Recipe) -> dict | None:
     """Build the shipped training files into data.dir unless it already holds a build."""
-    from conan_embed.data.builders import BUILDER_VERSION, build_all
-
     folder = Path(recipe.data.dir)
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -53,7 +59,7 @@ def prepare_data(recipe: Recipe) -> dict | None:
     if not recipe.data.build:
         return None
 
-    _log(f"building the training data into {folder}")
+    log.info(f"building the training data into {folder}")
     return build_all(folder)
 
 
@@ -80,10 +86,9 @@ def curate_data(recipe: Recipe, *, overwrite: bool, show_progress: bool) -> dict
     """Run the recipe's curation into data.dir (a finished one with the same settings is reused)."""
     if recipe.curate is None:
         return None
-    from conan_embed.curate import curate
 
     c = recipe.curate
-    _log(f"curating {', '.join(c.input)} into {recipe.data_file(c.output)}")
+    log.info(f"curating {', '.join(c.input)} into {recipe.data_file(c.output)}")
     return curate([recipe.data_file(p) for p in c.input], recipe.data_file(c.output), c, overwrite=overwrite,
                   show_progress=show_progress)
 
@@ -91,8 +96,6 @@ def curate_data(recipe: Recipe, *, overwrite: bool, show_progress: bool) -> dict
 def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
     """The recipe's mine step: rank mine.corpus for mine.input's rows with mine.model (the base, a
     finished stage's model or a folder). Embeddings are cached, so a resumed run re-mines in seconds."""
-    from conan_embed.mining import mine
-
     m = recipe.mine
     if m.model == "model":
         model = init_model_path(recipe, next(iter(recipe.stages)))
@@ -100,7 +103,7 @@ def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
         model = stage_paths(recipe, m.model).model
     else:
         model = m.model
-    _log(f"mining candidates for {m.input} with {model}")
+    log.info(f"mining candidates for {m.input} with {model}")
     return mine(model, recipe.data_file(m.input), recipe.data_file(m.corpus), recipe.data_file(m.output), m,
                 show_progress=show_progress)
 
@@ -108,8 +111,6 @@ def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
 def merge_stage_models(recipe: Recipe, base_path: Path, run_dir: Path, *, resume: bool,
                        show_progress: bool) -> dict:
     """The recipe's merge step into run_dir/merged (kept on --resume while its inputs are unchanged)."""
-    from conan_embed.merging import merge_examples, merge_models
-
     cfg, out = recipe.merge, run_dir / "merged"
     paths = [base_path if name == "model" else stage_paths(recipe, name).model for name in cfg.models]
     stamp = {"config": asdict(cfg), "models": {str(p): _model_stamp(p) for p in paths}}
@@ -119,7 +120,7 @@ def merge_stage_models(recipe: Recipe, base_path: Path, run_dir: Path, *, resume
     if out.exists():
         shutil.rmtree(out)
     examples = None if cfg.weights is not None else merge_examples(cfg.examples_per_task, seed=recipe.seed)
-    _log(f"merging {', '.join(cfg.models)}" + (f" with weights {cfg.weights}" if cfg.weights else
+    log.info(f"merging {', '.join(cfg.models)}" + (f" with weights {cfg.weights}" if cfg.weights else
                                                " with few-shot weights"))
     info = merge_models(paths, out, weights=cfg.weights, examples=examples, temperature=cfg.temperature,
                         names=cfg.models, show_progress=show_progress)
@@ -135,11 +136,6 @@ def _model_stamp(path: Path) -> dict:
 
 def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, *, resume: bool) -> dict:
     """Evaluate one model at every recipe dim, encoding each text once; cached in eval/<label>/."""
-    from conan_embed.data.builders import BUILDER_VERSION
-    from conan_embed.evaluation import run_suite
-    from conan_embed.evaluation.sizes import get_size
-    from conan_embed.model_loading import load_embedder
-
     cfg = recipe.eval
     # the builder version names the evaluation sets, the size's settings how they are scored: a split or a
     # size that changed is scored again
@@ -158,12 +154,10 @@ def evaluate_model(label: str, model_path: Path, recipe: Recipe, run_dir: Path, 
         if model is None:
             model = load_embedder(model_path)
         if dim is not None and dim > model.get_embedding_dimension():
-            _log(f"skipping {label} at dim {dim}: it has only {model.get_embedding_dimension()} dims")
+            log.info(f"skipping {label} at dim {dim}: it has only {model.get_embedding_dimension()} dims")
             continue
-        _log(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
+        log.info(f"evaluating {label} ({model_path}) at dim {dim or model.get_embedding_dimension()}")
         if cfg.suite == "cmteb":
-            from conan_embed.evaluation import run_cmteb
-
             results[dim] = run_cmteb(model, dim=dim, tasks=cfg.tasks, data_dir=cfg.data_dir, output_dir=folder,
                                      batch_size=cfg.batch_size, precision=cfg.precision)
         else:
@@ -232,7 +226,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     stages, mining = {}, None
     for name in [None, *recipe.stages]:
         if name is not None:
-            _log(f"stage {name}: {recipe.stages[name].max_steps} steps")
+            log.info(f"stage {name}: {recipe.stages[name].max_steps} steps")
             t0 = time.perf_counter()
             summary = train_stage(recipe, name, resume=resume, show_progress=show_progress)
             timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
@@ -284,8 +278,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "metrics.json", metrics)
-    from conan_embed.recipe.run_report import write_report
 
     write_report(metrics, recipe, run_dir / "report.md")
-    _log(f"done in {timings['total_s'] / 60:.1f} min: {run_dir / 'report.md'}, final model in {final}")
+    log.info(f"done in {timings['total_s'] / 60:.1f} min: {run_dir / 'report.md'}, final model in {final}")
     return metrics

@@ -16,11 +16,11 @@ from typing import Literal
 
 import yaml
 
-from conan_embed.curate.config import RecipeCurateConfig, check_curate_config
+from conan_embed.curate.curate_config import RecipeCurateConfig, check_curate_config
 from conan_embed.errors import InputError
 from conan_embed.losses.registry import LOSSES
-from conan_embed.mining.config import MiningConfig, RecipeMineConfig, check_margins, check_mine_config
-from conan_embed.training.config import TEXT_FIELDS, ComposerConfig, OptimConfig, TaskConfig
+from conan_embed.mining.mining_config import MiningConfig, RecipeMineConfig, check_margins, check_mine_config
+from conan_embed.training.training_config import TEXT_FIELDS, ComposerConfig, OptimConfig, TaskConfig
 from conan_embed.typed_config import build_dataclass, set_override
 
 

@@ -25,14 +25,14 @@ from conan_embed.files import content_digest, write_json
 from conan_embed.mining.dynamic import DynamicHardNegativeMiner
 from conan_embed.model_loading import load_embedder, resolve_model
 from conan_embed.modeling import build_embedder, matryoshka_dims, save_embedder
-from conan_embed.training.batching import build_composer
+from conan_embed.training.composers import build_composer
 from conan_embed.training.callbacks import (SaveFinalCheckpoint, StopAfterStep, TrainingMonitor, read_log,
                                             truncate_log)
 from conan_embed.recipe.fingerprint import changed_keys, stage_fingerprint
 from conan_embed.recipe.schema import Recipe, StageConfig, resolve_relative
 from conan_embed.training.checkpoint import last_complete_checkpoint, read_marker
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
-from conan_embed.training.tasks import load_tasks
+from conan_embed.training.training_tasks import load_tasks
 from conan_embed.training.trainer import ConanLoss, ConanTrainer
 
 STAGE_SUMMARY = "stage.json"

@@ -27,7 +27,7 @@ try:  # 5-10x faster than json for the float arrays of a response, and it takes 
 except ImportError:  # pragma: no cover - orjson comes with the serve extra
     orjson = None
 
-from conan_embed.serving.batching import QueueFull
+from conan_embed.serving.dynamic_batching import QueueFull
 from conan_embed.serving.engine import EmbeddingEngine, TooLong, finish_embeddings
 from conan_embed.serving.metrics import ServerMetrics
 
@@ -193,16 +193,69 @@ def load_json(body: bytes):
     return orjson.loads(body) if orjson is not None else json.loads(body)
 
 
+def build_engine(settings: ServeSettings) -> EmbeddingEngine:
+    return EmbeddingEngine(settings.model, device=settings.device, precision=settings.precision,
+                           max_batch_tokens=settings.max_batch_tokens, max_queue=settings.max_queue,
+                           max_wait_ms=settings.max_wait_ms, tokenizer_threads=settings.tokenizer_threads,
+                           pass_overhead_tokens=settings.pass_overhead_tokens, metrics=ServerMetrics(),
+                           backend=settings.backend, onnx_file=settings.onnx_file, compile=settings.compile,
+                           max_in_flight=settings.max_in_flight)
+
+
+def check_auth(request: Request, api_key: str | None) -> None:
+    """401 unless the request carries `Authorization: Bearer <api_key>` (no key set: every request passes)."""
+    if not api_key:
+        return
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), api_key.encode()):
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                       type_="authentication_error", code="invalid_api_key")
+
+
+async def embed_or_api_error(engine: EmbeddingEngine, req: dict):
+    """The engine's embeddings and token counts; its failures as the API's 4xx / 5xx errors."""
+    try:
+        return await engine.embed(req["texts"], input_type=req["input_type"], truncate=req["truncate"])
+    except TooLong as exc:
+        raise APIError(400, str(exc), param="input", code="input_too_long") from exc
+    except QueueFull as exc:
+        raise APIError(429, f"the server is at capacity ({exc}); retry shortly", type_="rate_limit_error",
+                       code="queue_full", headers={"Retry-After": "1"}) from exc
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise APIError(500, f"embedding failed: {type(exc).__name__}: {exc}", type_="server_error",
+                       code="inference_failed") from exc
+
+
+def add_error_handlers(app, settings: ServeSettings, metrics: ServerMetrics) -> None:
+    """Every error answers with the OpenAI-style JSON body and is counted."""
+
+    def error_response(err: APIError, endpoint: str) -> JSONResponse:
+        metrics.failures.labels(err.code or err.type).inc()
+        metrics.requests.labels(endpoint, str(err.status)).inc()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, err: APIError):
+        return error_response(err, request.url.path)
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_body_too_large(request: Request, exc: BodyTooLarge):
+        return error_response(_too_large(settings.max_body_bytes), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(APIError(exc.status_code, str(exc.detail), code=code), request.url.path)
+
+
 def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *, load: bool = True):
     """The ASGI app. The model loads in a background thread at startup: until it is ready,
     `/v1/embeddings` answers 503 and `/health` says "loading"."""
-    metrics = engine.metrics if engine is not None else ServerMetrics()
-    engine = engine or EmbeddingEngine(settings.model, device=settings.device, precision=settings.precision,
-                                       max_batch_tokens=settings.max_batch_tokens, max_queue=settings.max_queue,
-                                       max_wait_ms=settings.max_wait_ms, tokenizer_threads=settings.tokenizer_threads,
-                                       pass_overhead_tokens=settings.pass_overhead_tokens, metrics=metrics,
-                                       backend=settings.backend, onnx_file=settings.onnx_file,
-                                       compile=settings.compile, max_in_flight=settings.max_in_flight)
+    engine = engine or build_engine(settings)
+    metrics = engine.metrics
     model_id = settings.model_id or str(settings.model).rstrip("/").split("/")[-1]
     state = {"error": None, "started": int(time.time())}
 
@@ -227,33 +280,7 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
 
     app = FastAPI(title="conan-embed", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.settings = engine, settings
-
-    def error_response(err: APIError, endpoint: str) -> JSONResponse:
-        metrics.failures.labels(err.code or err.type).inc()
-        metrics.requests.labels(endpoint, str(err.status)).inc()
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(APIError)
-    async def on_api_error(request: Request, err: APIError):
-        return error_response(err, request.url.path)
-
-    @app.exception_handler(BodyTooLarge)
-    async def on_body_too_large(request: Request, exc: BodyTooLarge):
-        return error_response(_too_large(settings.max_body_bytes), request.url.path)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(APIError(exc.status_code, str(exc.detail), code=code), request.url.path)
-
-    def check_auth(request: Request) -> None:
-        if not settings.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           type_="authentication_error", code="invalid_api_key")
+    add_error_handlers(app, settings, metrics)
 
     def check_ready() -> None:
         if state["error"]:
@@ -266,25 +293,14 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         t0 = time.perf_counter()
-        check_auth(request)
+        check_auth(request, settings.api_key)
         check_ready()
         try:
             body = load_json(await request.body())
         except ValueError as exc:  # json.JSONDecodeError, orjson.JSONDecodeError, UnicodeDecodeError
             raise APIError(400, f"the request body is not valid JSON ({exc})") from exc
         req = parse_request(body, engine, settings)
-        try:
-            emb, tokens = await engine.embed(req["texts"], input_type=req["input_type"], truncate=req["truncate"])
-        except TooLong as exc:
-            raise APIError(400, str(exc), param="input", code="input_too_long") from exc
-        except QueueFull as exc:
-            raise APIError(429, f"the server is at capacity ({exc}); retry shortly", type_="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from exc
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise APIError(500, f"embedding failed: {type(exc).__name__}: {exc}", type_="server_error",
-                           code="inference_failed") from exc
+        emb, tokens = await embed_or_api_error(engine, req)
         vectors = finish_embeddings(emb, req["dimensions"])
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req["encoding_format"])}
                 for i, v in enumerate(vectors)]
@@ -299,7 +315,7 @@ def create_app(settings: ServeSettings, engine: EmbeddingEngine | None = None, *
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_auth(request)
+        check_auth(request, settings.api_key)
         metrics.requests.labels("/v1/models", "200").inc()
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": state["started"],
                                             "owned_by": "conan-embed"}]}

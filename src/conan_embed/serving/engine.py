@@ -22,7 +22,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from conan_embed.modeling import text_prompt
-from conan_embed.serving.batching import DynamicBatcher, PendingText, bucket_shape
+from conan_embed.serving.dynamic_batching import DynamicBatcher, PendingText, bucket_shape
 from conan_embed.serving.metrics import ServerMetrics
 
 

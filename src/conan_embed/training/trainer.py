@@ -31,13 +31,13 @@ from transformers.trainer_callback import PrinterCallback
 from conan_embed.files import write_json
 from conan_embed.losses import MatryoshkaLoss, build_loss
 from conan_embed.modeling import CONAN_CONFIG, own_storage, text_prompt
-from conan_embed.training.batching import BatchComposer
+from conan_embed.training.composers import BatchComposer
 from conan_embed.training.callbacks import StepRecordDispatcher
 from conan_embed.training.checkpoint import NegativeSource, load_checkpoint_extras, save_checkpoint_extras
-from conan_embed.training.config import in_batch_scope
+from conan_embed.training.training_config import in_batch_scope
 from conan_embed.training.distributed import gather_rows, gather_with_grad, pad_rows
 from conan_embed.training.gradcache import CachedEmbeddings
-from conan_embed.training.tasks import StepPlan, TaskBatch, TrainingTask
+from conan_embed.training.training_tasks import StepPlan, TaskBatch, TrainingTask
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from conan_embed.data.records import fixed_sample, read_corpus, read_records
 from conan_embed.errors import InputError
-from conan_embed.training.config import TaskConfig
+from conan_embed.training.training_config import TaskConfig
 
 RECORD_KIND = {"pairs": "weak_pair", "retrieval": "retrieval", "sts": "sts"}
 

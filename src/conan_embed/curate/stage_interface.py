@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from conan_embed.curate.records import Record
+from conan_embed.curate.curation_record import Record
 
 
 class Stage:

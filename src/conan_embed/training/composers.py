@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Sampler
 
 from conan_embed.losses import cbb_step_loss
-from conan_embed.training.config import ComposerConfig, in_batch_scope
+from conan_embed.training.training_config import ComposerConfig, in_batch_scope
 from conan_embed.training.distributed import cbb_roles, split_global_batch
-from conan_embed.training.tasks import StepPlan, TrainingTask
+from conan_embed.training.training_tasks import StepPlan, TrainingTask
 
 
 def deduplicated_batches(task: TrainingTask, order: list[int], batch_size: int) -> list[tuple[int, ...]]:
