@@ -108,7 +108,7 @@ def test_evaluations_are_cached_until_the_suite_size_changes(recipe_dict, tmp_pa
     (more classifier fits, say) is scored again, not read from an older cache."""
     import dataclasses
 
-    import conan_embed.evaluation as evaluation
+    import conan_embed.recipe.runner as runner
     from conan_embed.evaluation import sizes
     from conan_embed.recipe.runner import evaluate_model
     from conan_embed.recipe.schema import recipe_from_dict
@@ -121,7 +121,7 @@ def test_evaluations_are_cached_until_the_suite_size_changes(recipe_dict, tmp_pa
         (output_dir / "eval.json").write_text(json.dumps({"avg": 0.5}))
         return {"avg": 0.5}
 
-    monkeypatch.setattr(evaluation, "run_suite", fake_suite)
+    monkeypatch.setattr(runner, "run_suite", fake_suite)
     recipe_dict["eval"] = {"size": "tiny", "dims": [None]}
     recipe = recipe_from_dict(recipe_dict)
     base = Path(recipe_dict["model"]["base"])
