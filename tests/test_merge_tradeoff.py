@@ -4,6 +4,8 @@ by how much a weight misses it."""
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from merge_tradeoff import acceptable, mean_result, shortfall  # noqa: E402
@@ -44,3 +46,17 @@ def test_shortfall_is_the_worst_rows_miss():
     assert round(shortfall(BASE, result(0.55, 0.797, 0.785)), 6) == 0.005  # the guard: 1.5 points, 1 allowed
     assert round(shortfall(BASE, result(0.49, 0.797, 0.80)), 6) == 0.01  # Retrieval 1 point below
     assert round(shortfall(BASE, result(0.55, 0.797, 0.80), category_tolerance=0.001), 6) == 0.002
+
+
+def test_weights_are_vectors_over_the_merge_models():
+    from merge_tradeoff import label, parse_weights
+
+    models = ["finetune", "pretrain", "model"]
+    # a bare share pairs the fine-tuned model with the base; the order is by fine-tuned share, then the next
+    assert parse_weights("0.5/0.25/0.25,0.7,0.5/0.5/0", models) == [(0.7, 0.0, 0.3), (0.5, 0.5, 0.0), (0.5, 0.25, 0.25)]
+    assert label((0.5, 0.25, 0.25)) == "0.5/0.25/0.25"
+    for bad in ("0.5/0.5", "0.5/0.6/0.1", "1.2/-0.2/0"):
+        with pytest.raises(SystemExit, match="one per"):
+            parse_weights(bad, models)
+    with pytest.raises(SystemExit, match="base"):
+        parse_weights("0.5", ["finetune", "pretrain"])
