@@ -5,6 +5,7 @@ drifts hit both, each trained model is scored with the recipe's `eval` settings 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -13,7 +14,8 @@ from conan_embed.evaluation.forgetting import column_value as value
 from conan_embed.evaluation.forgetting import score_columns as columns_of
 from conan_embed.files import write_json, write_text_atomic
 from conan_embed.recipe.ablation import mean_std
-from conan_embed.recipe.runner import evaluate_model, prepare_data, run_recipe
+from conan_embed.recipe.recipe_steps import evaluate_model, prepare_data
+from conan_embed.recipe.runner import run_recipe
 from conan_embed.recipe.schema import load_recipe
 from conan_embed.recipe.stage_training import init_model_path, stage_paths
 from conan_embed.training.callbacks import read_log
@@ -60,11 +62,12 @@ def run_arms(recipe_path: str, arms: dict[str, list[str]], *, seeds: list[int], 
             recipe = load_recipe(recipe_path, [*overrides, *arm_overrides, f"seed={seed}",
                                                f"output_dir={output / label}"])
             print(f"[{output.name}] {label}", flush=True)
-            run_recipe(recipe, resume=True, evaluate=False, show_progress=show_progress)
-            scores = evaluate_model(stage, stage_paths(recipe, stage).model, recipe, output / label, resume=True)
+            # the recipe's steps, scoring the last stage's model alone (eval/<stage>/ in the arm's folder)
+            recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, models=[stage]))
+            metrics = run_recipe(recipe, resume=True, show_progress=show_progress)
             summary = json.loads(stage_paths(recipe, stage).summary.read_text())
             log = stage_paths(recipe, stage).log
-            runs[label] = {"mode": arm, "seed": seed, "scores": next(iter(scores.values())),
+            runs[label] = {"mode": arm, "seed": seed, "scores": next(iter(metrics["eval"][stage].values())),
                            "summary": {k: v for k, v in summary.items() if k != "fingerprint"},
                            "steps": read_log(log), "checks": read_log(log, "dhnm")}
     base = next(iter(evaluate_model("base", init_model_path(base_recipe, stage), base_recipe, output,

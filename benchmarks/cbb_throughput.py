@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conan_embed.recipe.runner import prepare_data
+from conan_embed.recipe.recipe_steps import prepare_data
 from conan_embed.recipe.schema import load_recipe
 from conan_embed.recipe.stage_training import stage_paths, train_stage
 from conan_embed.training.callbacks import StepRecordCallback, read_log

@@ -20,9 +20,10 @@ import argparse
 from conan_embed.evaluation import run_suite
 from conan_embed.model_loading import resolve_model
 from conan_embed.model_loading import load_embedder
-from conan_embed.recipe.runner import curate_data, prepare_data
+from conan_embed.recipe.recipe_steps import CurateStep, DataStep, TrainStageStep
 from conan_embed.recipe.schema import load_recipe
-from conan_embed.recipe.stage_training import stage_paths, train_stage
+from conan_embed.recipe.stage_training import stage_paths
+from conan_embed.recipe.steps import StepRunner
 
 DIMS = (None, 256)
 
@@ -51,9 +52,8 @@ def main(argv=None) -> None:
         name, _, sets = spec.partition("=")
         run = load_recipe(args.recipe, [f"output_dir={args.output}/{name}", f"data.dir={args.output}/{name}/data",
                                         *[s for s in sets.split(",") if s]])
-        prepare_data(run)
-        curate_data(run, overwrite=False, show_progress=False)
-        train_stage(run, "pretrain", resume=True, overwrite=False, stop_after=None)
+        StepRunner(run.output_dir, resume=True, show_progress=False).run(
+            [DataStep(run), *([CurateStep(run, overwrite=False)] if run.curate else []), TrainStageStep(run, "pretrain")])
         results[name] = scores(str(stage_paths(run, "pretrain").model), args.size)
     columns = list(results["base"][None])
     print("| model | " + " | ".join(f"{c} ({d or 'full'})" for d in DIMS for c in columns) + " |")

@@ -7,9 +7,9 @@ import pytest
 
 from conan_embed.curate import curate, curate_config_from_dict
 from conan_embed.curate.curate_config import ExecutorConfig
-from conan_embed.curate.executors import LocalExecutor
 
 from .conftest import write_jsonl
+from .test_curation_steps import direct_edges, partitioned_edges, signature_work
 
 pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -58,32 +58,33 @@ def test_map_keeps_item_order_and_raises_the_workers_error(executor):
     assert executor.map(fails_on_three, [], "demo") == []
 
 
-def test_score_builds_one_scorer_per_actor_and_keeps_order(ray_cluster):
+def test_map_with_builds_one_resource_per_actor_and_keeps_order(ray_cluster):
     import os
 
     from conan_embed.curate.ray_executor import RayExecutor
 
     ex = RayExecutor(ExecutorConfig(name="ray", teacher_actors=2), show_progress=False)
     try:
-        got = ex.score(lambda: {"pid": os.getpid(), "offset": 100}, lambda s, x: (x + s["offset"], s["pid"]),
-                       list(range(6)), "teacher")
+        got = ex.map_with(lambda: {"pid": os.getpid(), "offset": 100}, lambda s, x: (x + s["offset"], s["pid"]),
+                          list(range(6)), "teacher")
+        assert ex.map_with(lambda: 1 / 0, lambda s, x: x, [], "teacher") == []
     finally:
         ex.close()
     assert [v for v, _ in got] == list(range(100, 106))
     assert os.getpid() not in {pid for _, pid in got} and len({pid for _, pid in got}) <= 2
 
 
-def test_a_scorer_that_fails_to_build_reports_its_own_error():
+def test_a_resource_that_fails_to_build_reports_its_own_error():
     """In-process: the actor keeps the error and returns it per item; the driver raises it."""
     import pyarrow as pa
 
-    from conan_embed.curate.ray_executor import _dumps, _Failure, _loads, _ScoreActor
+    from conan_embed.curate.ray_executor import _dumps, _Failure, _loads, _ResourceActor
     from conan_embed.errors import InputError
 
     def no_model():
         raise InputError("teacher model 'nope' not found")
 
-    actor = _ScoreActor(no_model, lambda s, x: x)
+    actor = _ResourceActor(no_model, lambda s, x: x)
     out = actor(pa.table({"i": [0, 1], "item": pa.array([_dumps(1), _dumps(2)], pa.binary())}))
     assert out.column("i").to_pylist() == [0, 1]
     failure = _loads(out.column("result")[1].as_py())
@@ -103,27 +104,14 @@ def test_a_clear_error_without_ray(monkeypatch):
         RayExecutor(ExecutorConfig(name="ray"))
 
 
-def test_candidate_edges_equal_the_local_ones(executor):
-    rng = np.random.default_rng(0)
-    bands, sizes = 6, [40, 0, 25, 60, 1]
-    parts, start = {}, 0
-    for k, n in enumerate(sizes):  # few distinct keys, so buckets are large and cross parts and bands
-        parts[f"part-{k}"] = (np.arange(start, start + n, dtype=np.int64),
-                              rng.integers(0, 15, (bands, n)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        start += n
-
-    def band_keys(part):
-        return parts[part]
-
-    drop = np.array([3, 41, 100, 101, 7000], dtype=np.int64)
-    names = list(parts)
-    local = LocalExecutor(workers=1, show_progress=False).candidate_edges(band_keys, names, drop)
-    ray_edges = executor.candidate_edges(band_keys, names, drop)
-    assert len(local) > 100 and ray_edges.dtype == np.int64 and ray_edges.shape == local.shape
-    np.testing.assert_array_equal(ray_edges, local)
-    assert not np.isin(ray_edges, drop).any()
-    assert executor.candidate_edges(band_keys, ["part-1"], drop).shape == (0, 2)
-    assert executor.candidate_edges(band_keys, [], drop).shape == (0, 2)
+@pytest.mark.parametrize("sizes", [[40, 0, 25, 60, 1], [0, 0]])
+def test_dedup_edge_steps_on_ray_equal_the_direct_edges(tmp_path, executor, sizes):
+    """The band and edge steps as Ray tasks: the same edges as `minhash.candidate_edges` over all rows."""
+    work, dedup, gid, hashes, sig = signature_work(tmp_path, sizes)
+    got = partitioned_edges(work, dedup, executor, 5)
+    expected = direct_edges(dedup, gid, hashes, sig)
+    assert got.dtype == np.int64 and got.shape == expected.shape and (len(got) > 100 or not sum(sizes))
+    np.testing.assert_array_equal(got, expected)
 
 
 def _near_copy(text: str) -> str:

@@ -358,7 +358,7 @@ def test_recipe_eval_with_the_cmteb_suite(tiny_model_dir, data_dir, datasets_cac
     legacy summary under the local suite's keys."""
     from conan_embed.evaluation.forgetting import regressions, score_columns
     from conan_embed.recipe.schema import recipe_from_dict
-    from conan_embed.recipe.runner import _scores, evaluate_model
+    from conan_embed.recipe.recipe_steps import _scores, evaluate_model
 
     stages = {"s": {"max_steps": 1, "tasks": {"sts": {"kind": "sts", "file": "sts.jsonl", "batch_size": 2,
                                                      "loss": {"name": "cosent"}}}}}

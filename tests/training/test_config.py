@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conan_embed.errors import InputError
-from conan_embed.recipe.runner import check_data_files
+from conan_embed.recipe.recipe_steps import check_data_files
 from conan_embed.recipe.schema import load_recipe, recipe_from_dict
 from conan_embed.training.training_tasks import TrainingTask
 

@@ -79,7 +79,7 @@ def test_data_of_an_older_builder_is_refused(recipe_dict, tmp_path):
     import pytest
 
     from conan_embed.errors import InputError
-    from conan_embed.recipe.runner import prepare_data
+    from conan_embed.recipe.recipe_steps import prepare_data
     from conan_embed.recipe.schema import recipe_from_dict
 
     (tmp_path / "old").mkdir()
@@ -108,9 +108,9 @@ def test_evaluations_are_cached_until_the_suite_size_changes(recipe_dict, tmp_pa
     (more classifier fits, say) is scored again, not read from an older cache."""
     import dataclasses
 
-    import conan_embed.recipe.runner as runner
+    import conan_embed.recipe.recipe_steps as runner
     from conan_embed.evaluation import sizes
-    from conan_embed.recipe.runner import evaluate_model
+    from conan_embed.recipe.recipe_steps import evaluate_model
     from conan_embed.recipe.schema import recipe_from_dict
 
     scored = []

@@ -2,9 +2,9 @@
 Jaccard 0.7). Every cluster keeps its smallest global row id, i.e. the first row in input order, so the
 result does not depend on how rows are split into shards or workers.
 
-`NearDuplicateDetector` holds the array code; `DedupStage` applies it to records. An executor may
-compute band keys per shard and merge the buckets anywhere (docs/curation.md, "Scaling out"): the
-edges, the checks and the union-find are the same functions.
+`NearDuplicateDetector` holds the array code; `DedupStage` applies it to records. The pipeline
+computes the band keys per shard and the buckets per hash partition (dedup_steps.py): the edges, the
+checks and the union-find are the same functions.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def exact_heads(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
 class DedupStage(Stage):
     """Global stage: exact duplicates (`dedup:exact`), then near-duplicates (`dedup:near`), each
     rejected row naming its kept representative in `duplicate_of`. `run(records)` does it in memory;
-    the pipeline runs the same steps shard by shard (`prepare` per shard, `find` once)."""
+    the pipeline (dedup_steps.py) calls the same methods: `prepare` per shard, `exact` and `near` once."""
 
     name = "dedup"
     scope = "global"
@@ -105,37 +105,33 @@ class DedupStage(Stage):
                 "sig": self.detector.signatures(keys) if self.config.near else
                 np.zeros((len(keys), 0), dtype=np.uint32)}
 
-    def find(self, gid: np.ndarray, hashes: np.ndarray, edges_of: Callable[[np.ndarray], np.ndarray],
-             texts: Callable[[np.ndarray], dict], signatures: Callable[[np.ndarray], dict]) -> dict[int, tuple]:
-        """{removed gid: (reason, head gid)}. `edges_of(alive_mask)` gives the LSH candidate edges among
-        the rows left after exact dedup (an executor computes them where the band keys are)."""
-        removed: dict[int, tuple] = {}
-        alive = np.ones(len(gid), dtype=bool)
-        if self.config.exact and len(gid):
-            heads = exact_heads(hashes, gid)
-            for g, h in zip(gid[heads != gid].tolist(), heads[heads != gid].tolist()):
-                removed[g] = ("exact", h)
-            alive = heads == gid
-        if self.config.near and alive.any():
-            edges = self.detector.check_edges(edges_of(alive), texts, signatures)
-            heads = minhash.cluster_heads(gid[alive], edges)
-            live = gid[alive]
-            for g, h in zip(live[heads != live].tolist(), heads[heads != live].tolist()):
-                removed[g] = ("near", h)
-        return removed
+    def exact(self, gid: np.ndarray, hashes: np.ndarray) -> dict[int, tuple]:
+        """{removed gid: ("exact", head gid)}: every row whose key hash an earlier row has."""
+        if not self.config.exact or not len(gid):
+            return {}
+        heads = exact_heads(hashes, gid)
+        return {g: ("exact", h) for g, h in zip(gid[heads != gid].tolist(), heads[heads != gid].tolist())}
+
+    def near(self, live: np.ndarray, edges: np.ndarray, texts: Callable[[np.ndarray], dict],
+             signatures: Callable[[np.ndarray], dict]) -> dict[int, tuple]:
+        """{removed gid: ("near", head gid)} among `live` (sorted gids, exact duplicates already out),
+        from their LSH candidate `edges`, wherever those were computed (in memory, or by partition)."""
+        if not self.config.near or not len(live):
+            return {}
+        heads = minhash.cluster_heads(live, self.detector.check_edges(edges, texts, signatures))
+        return {g: ("near", h) for g, h in zip(live[heads != live].tolist(), heads[heads != live].tolist())}
 
     def run(self, records):
         records = list(records)
         arrays = self.prepare(records)
         live = {r.gid: r for r in records if r.reason is None}
         sig_of = {g: s for g, s in zip(arrays["gid"].tolist(), arrays["sig"])}
-
-        def edges_of(alive):
-            return minhash.candidate_edges(self.detector.band_keys(arrays["sig"][alive]), arrays["gid"][alive])
-
-        removed = self.find(arrays["gid"], arrays["hash"], edges_of,
-                            lambda ids: {int(i): self.key(live[int(i)]) for i in ids},
-                            lambda ids: {int(i): sig_of[int(i)] for i in ids})
+        removed = self.exact(arrays["gid"], arrays["hash"])
+        alive = ~np.isin(arrays["gid"], list(removed))
+        if self.config.near and alive.any():  # (the pipeline gets these edges partition by partition)
+            edges = minhash.candidate_edges(self.detector.band_keys(arrays["sig"][alive]), arrays["gid"][alive])
+            removed |= self.near(arrays["gid"][alive], edges, lambda ids: {int(i): self.key(live[int(i)]) for i in ids},
+                                 lambda ids: {int(i): sig_of[int(i)] for i in ids})
         self.counters["in"] += len(live)
         for r in records:
             if r.gid in removed:

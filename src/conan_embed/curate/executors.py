@@ -1,8 +1,9 @@
-"""Executors: where the pipeline's per-shard work runs. The pipeline (pipeline.py) decides *what* runs;
-an executor only maps functions over shards, so every executor produces the same files.
+"""Executors: where the curation steps' per-item work runs. The steps (curation_steps.py) decide *what*
+runs; an executor only maps a function over items (shards, hash partitions), `map_with` a per-worker
+resource such as a teacher model, so every executor produces the same files and knows no stage.
 
-`LocalExecutor` uses processes on this machine (`fork`: the CPU stages need no torch) and runs the
-teacher in the main process; `RayExecutor` (ray_executor.py) spreads the same functions over a cluster.
+`LocalExecutor` uses processes on this machine (`fork`: the CPU stages need no torch) and builds the
+resource in the main process; `RayExecutor` (ray_executor.py) spreads the same functions over a cluster.
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-
-import numpy as np
-
-from conan_embed.curate import minhash
 
 _TASK: Callable | None = None  # the function a forked worker calls (inherited, never pickled)
 
@@ -48,24 +45,16 @@ class LocalExecutor:
         finally:
             _TASK = None
 
-    def candidate_edges(self, band_keys: Callable[[str], tuple[np.ndarray, np.ndarray]], parts: Sequence[str],
-                        drop: np.ndarray) -> np.ndarray:
-        """LSH candidate edges over all parts; `band_keys(part)` -> (gids, (bands, n) keys); rows whose
-        gid is in `drop` (exact duplicates) take no part."""
-        gids, keys = zip(*(band_keys(p) for p in parts)) if parts else ((), ())
-        gid = np.concatenate(gids) if gids else np.zeros(0, np.int64)
-        key = np.concatenate(keys, axis=1) if keys else np.zeros((0, 0), np.uint64)
-        keep = ~np.isin(gid, drop)
-        return minhash.candidate_edges(key[:, keep], gid[keep])
-
-    def score(self, make_scorer: Callable, fn: Callable, items: Sequence, desc: str) -> list:
-        """[fn(scorer, item) ...] with one scorer (a teacher model) built once, in this process."""
-        scorer = None
+    def map_with(self, make_resource: Callable, fn: Callable, items: Sequence, desc: str) -> list:
+        """[fn(resource, item) for item in items] with one resource (a teacher model) built once, in
+        this process (a model wants the whole machine, or its GPU, rather than a copy per process);
+        not built when there is nothing to do."""
+        resource = None
         results = []
         for item in items:
-            if scorer is None:
-                scorer = make_scorer()
-            results.append(fn(scorer, item))
+            if resource is None:
+                resource = make_resource()
+            results.append(fn(resource, item))
         return results
 
     def close(self) -> None:

@@ -151,6 +151,31 @@ def candidate_edges(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return unique_edges(edges)
 
 
+BAND_ROW = np.dtype([("band", np.int64), ("key", U64), ("id", np.int64)])
+
+
+def partition_band_keys(keys: np.ndarray, ids: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, n) keys of the rows `ids` as flat `BAND_ROW` rows grouped by hash partition (key mod
+    `partitions`), and where each partition starts (`partitions + 1` offsets).
+
+    A bucket (band, key) lies in one partition, so `bucket_edges` per partition, united, equals
+    `candidate_edges` over all rows: the partitions can be merged on different workers."""
+    bands, n = keys.shape
+    flat = np.empty(bands * n, dtype=BAND_ROW)
+    flat["band"] = np.repeat(np.arange(bands, dtype=np.int64), n)
+    flat["key"] = keys.reshape(-1)
+    flat["id"] = np.tile(np.asarray(ids, dtype=np.int64), bands)
+    part = (flat["key"] % U64(partitions)).astype(np.int64)
+    flat = flat[np.argsort(part, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=partitions))])
+    return flat, starts
+
+
+def partition_edges(rows: np.ndarray) -> np.ndarray:
+    """`bucket_edges` of `BAND_ROW` rows: all rows of one hash partition, from every shard."""
+    return bucket_edges(rows["key"], rows["id"], rows["band"])
+
+
 def unique_edges(edges: np.ndarray) -> np.ndarray:
     if not len(edges):
         return np.zeros((0, 2), dtype=np.int64)

@@ -1,34 +1,28 @@
-"""The Ray Data executor: the pipeline's per-shard functions spread over a Ray cluster (design notes:
-docs/design-curation.md §7).
+"""The Ray Data executor: the curation steps' per-item functions spread over a Ray cluster (design
+notes: docs/design-curation.md §7).
 
 It runs the very functions `LocalExecutor` runs, so both write the same files:
 
-* `map`: one Ray Data row per shard, `map_batches` with one shard per batch (a shard is large; the
-  function writes its own outputs atomically and returns a small dict, so a retried task is harmless);
-* `candidate_edges`: the shards' band keys become rows `(partition = key mod P, band, key, gid)`;
-  `groupby("partition").map_groups` runs the vectorised `minhash.bucket_edges` per hash partition (a
-  bucket never spans two partitions, so the union of the partitions' edges is the local result); never
-  one group per bucket (measured 5x slower);
-* `score`: an actor pool whose actors build the scorer (a teacher model) once each, `num_gpus` apiece.
+* `map`: one Ray Data row per item (a shard, a hash partition), `map_batches` with one item per batch
+  (an item is large; the function writes its own outputs atomically and returns a small dict, so a
+  retried task is harmless);
+* `map_with`: an actor pool of `teacher_actors` actors, `teacher_gpus` GPUs and `teacher_cpus` CPUs
+  apiece, each building the resource (a teacher model) once.
 
 Items and results travel as cloudpickled bytes in a binary column (`{"i": index, "item": bytes}`), so
-Arrow never converts a dataclass or a dict of lists. An exception in a shard is carried back the same
+Arrow never converts a dataclass or a dict of lists. An exception in an item is carried back the same
 way and re-raised in the driver, the first in item order, with the remote traceback as a note; the
-other shards finish, so a resumed run has less to do.
+other items finish, so a resumed run has less to do.
 
 Paths are the pipeline's (absolute): on a multi-node cluster, input and output must be on a shared
-filesystem.
+filesystem (the steps pass their data through files under the output folder).
 """
-
 from __future__ import annotations
 
 import os
 import traceback
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
-from conan_embed.curate import minhash
 from conan_embed.errors import InputError
 
 
@@ -92,19 +86,20 @@ def _named(fn: Callable, name: str) -> Callable:
     return fn
 
 
-class _ScoreActor:
-    """One teacher replica: builds the scorer once, then runs `fn(scorer, item)` per row."""
+class _ResourceActor:
+    """One worker holding a resource (a teacher model): builds it once, then runs `fn(resource, item)`
+    per row."""
 
-    def __init__(self, make_scorer: Callable, fn: Callable):
+    def __init__(self, make_resource: Callable, fn: Callable):
         self.fn = fn
-        self.scorer = _guarded(make_scorer)  # a failure here is reported per item, with its cause
+        self.resource = _guarded(make_resource)  # a failure here is reported per item, with its cause
 
     def __call__(self, batch):
         items = [_loads(b) for b in batch.column("item").to_pylist()]
-        if isinstance(self.scorer, _Failure):
-            results = [self.scorer] * len(items)
+        if isinstance(self.resource, _Failure):
+            results = [self.resource] * len(items)
         else:
-            results = [_guarded(self.fn, self.scorer, item) for item in items]
+            results = [_guarded(self.fn, self.resource, item) for item in items]
         return _result_table(batch.column("i").to_pylist(), results)
 
 
@@ -154,59 +149,15 @@ class RayExecutor:
         ds = self._items(items).map_batches(_named(run, desc), batch_size=1, batch_format="pyarrow")
         return _ordered(ds, len(items))
 
-    def candidate_edges(self, band_keys: Callable[[str], tuple[np.ndarray, np.ndarray]], parts: Sequence[str],
-                        drop: np.ndarray) -> np.ndarray:
-        """LSH candidate edges over all parts, as `LocalExecutor.candidate_edges` (the same array)."""
-        import pyarrow as pa
-        import ray.data
-        from ray.data.context import ShuffleStrategy
-
-        if not len(parts):
-            return np.zeros((0, 2), np.int64)
-        drop = np.unique(np.asarray(drop, dtype=np.int64))
-        partitions = max(len(parts), 2)  # a shard's band keys (~20 MB at 50k rows) per hash partition
-        schema = pa.schema([("partition", pa.int64()), ("band", pa.int64()), ("key", pa.uint64()),
-                            ("gid", pa.int64())])
-
-        def to_rows(batch):
-            tables = [schema.empty_table()]
-            for part in batch.column("part").to_pylist():
-                gid, keys = band_keys(part)
-                gid = np.asarray(gid, dtype=np.int64)
-                keep = ~np.isin(gid, drop)
-                gid, keys = gid[keep], np.asarray(keys, dtype=np.uint64)[:, keep]
-                bands, n = keys.shape
-                key = keys.reshape(-1)
-                tables.append(pa.table({
-                    "partition": (key % np.uint64(partitions)).astype(np.int64),
-                    "band": np.repeat(np.arange(bands, dtype=np.int64), n),
-                    "key": key, "gid": np.tile(gid, bands)}, schema=schema))
-            return pa.concat_tables(tables)
-
-        def edges(group):
-            e = minhash.bucket_edges(group["key"], group["gid"], group["band"])
-            return {"u": e[:, 0], "v": e[:, 1]}
-
-        ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
-        # The sort-based shuffle (its own context copy): the default hash shuffle starts aggregator
-        # actors on every call, measured 8 s against 0.4 s for a few thousand rows on 2 CPUs.
-        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        ds = ds.map_batches(_named(to_rows, "band_keys"), batch_size=1, batch_format="pyarrow")
-        ds = ds.groupby("partition", num_partitions=partitions).map_groups(_named(edges, "bucket_edges"),
-                                                                           batch_format="numpy")
-        found = [np.stack([b["u"], b["v"]], axis=1) for b in ds.iter_batches(batch_size=None, batch_format="numpy")
-                 if len(b.get("u", ()))]
-        return minhash.unique_edges(np.concatenate(found) if found else np.zeros((0, 2), np.int64))
-
-    def score(self, make_scorer: Callable, fn: Callable, items: Sequence, desc: str) -> list:
-        """[fn(scorer, item) ...] on a pool of `teacher_actors` actors, each building one scorer."""
+    def map_with(self, make_resource: Callable, fn: Callable, items: Sequence, desc: str) -> list:
+        """[fn(resource, item) ...] on a pool of `teacher_actors` actors, each building one resource."""
         import ray.data
 
         if not len(items):
             return []
         actors = max(1, min(self.config.teacher_actors, len(items)))
         ds = self._items(items).map_batches(
-            _ScoreActor, fn_constructor_args=(make_scorer, fn), batch_size=1, batch_format="pyarrow",
+            _ResourceActor, fn_constructor_args=(make_resource, fn), batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.config.teacher_gpus or None,
             num_cpus=self.config.teacher_cpus)
         return _ordered(ds, len(items))

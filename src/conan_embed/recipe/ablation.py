@@ -37,13 +37,14 @@ from conan_embed.evaluation.forgetting import column_value, score_columns
 from conan_embed.files import write_json, write_text_atomic
 from conan_embed.logs import get_logger
 from conan_embed.model_loading import model_fingerprint
-from conan_embed.recipe.runner import (check_data_files, curate_data, evaluate_model, mine_candidates, prepare_data,
-                                      run_recipe)
+from conan_embed.recipe.recipe_steps import CheckDataStep, CurateStep, DataStep, EvaluateStep, MineStep, TrainStageStep
+from conan_embed.recipe.runner import run_recipe
 from conan_embed.recipe.schema import Recipe
-from conan_embed.recipe.stage_training import init_model_path, read_summary, stage_paths, train_stage
+from conan_embed.recipe.stage_training import init_model_path, read_summary, stage_paths
+from conan_embed.recipe.steps import Step, StepRunner
 from conan_embed.training.callbacks import read_log
+from conan_embed.training.launch import init_from_launch, launched_rank_and_world
 from conan_embed.training.training_config import ComposerConfig
-from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 from conan_embed.training.plots import plot_hard_negative_scores, plot_schedule_losses
 
 # the rule the Conan rows use: it acts on the quickstart, where the paper's is silent (docs/mining.md); whether
@@ -90,34 +91,32 @@ def row_recipe(recipe: Recipe, row: str, seed: int, pretrained: Path, output: Pa
                                curate=None, mine=None, merge=None)
 
 
-def pretrain_once(recipe: Recipe, output: Path, *, show_progress: bool) -> Path:
-    """Data, curation, the stages before the last and the mine step, once; returns the pre-trained model."""
+def pretrain_once(recipe: Recipe, output: Path, *, show_progress: bool) -> tuple[Path, list[Step]]:
+    """The pre-trained model the rows start from: the stages before the last (and the mine step), run once
+    into output/pretrained; with no earlier stage, the data, curation and mine steps the rows need first."""
     *earlier, last = recipe.stages
     if recipe.stages[last].init not in ("model", *earlier):
         raise InputError(f"the last stage ({last!r}) must start from the base model or an earlier stage, not "
                          f"{recipe.stages[last].init!r}", path=recipe.source, field=f"stages.{last}.init")
     trimmed = dataclasses.replace(recipe, stages={n: recipe.stages[n] for n in earlier}, merge=None,
                                   output_dir=str(output / "pretrained"))
+    first: list[Step] = []
     if earlier:
         run_recipe(trimmed, resume=True, evaluate=False, show_progress=show_progress)
     else:
-        if launched_rank_and_world()[0] == 0:
-            prepare_data(recipe)
-            curate_data(recipe, overwrite=False, show_progress=show_progress)
-            check_data_files(recipe)
-            if recipe.mine is not None:
-                mine_candidates(recipe, show_progress=show_progress)
-        barrier()
+        first = [DataStep(recipe), *([CurateStep(recipe, overwrite=False)] if recipe.curate is not None else []),
+                 CheckDataStep(recipe), *([MineStep(recipe)] if recipe.mine is not None else [])]
     start = recipe.stages[last].init
-    return Path(init_model_path(recipe, last)) if start == "model" else stage_paths(trimmed, start).model
+    model = Path(init_model_path(recipe, last)) if start == "model" else stage_paths(trimmed, start).model
+    return model, first
 
 
 def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=None,
                  show_progress: bool = True) -> dict | None:
     """Train every row at every seed, then score them (finished work is reused); write and return the
-    tables. Launched on several processes (torchrun), every process trains and rank 0 alone evaluates
-    and writes (the others return None): evaluation comes after all training, so no process waits in a
-    collective while another scores a model."""
+    tables. Launched on several processes (torchrun), every process runs the training steps and rank 0
+    alone evaluates and writes (the others return None): evaluation comes after all training, so no
+    process waits in a collective while another scores a model."""
     output = Path(output)
     rows = check_rows(rows or ROWS)  # before any training
     if not seeds:
@@ -127,31 +126,35 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     start = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     log.info(f"{recipe.name}: pre-training once, then {len(rows)} rows x {len(seeds)} seeds into {output}")
-    pretrained = pretrain_once(recipe, output, show_progress=show_progress and lead)
+    pretrained, first = pretrain_once(recipe, output, show_progress=show_progress and lead)
+    # seed-major: a stopped ablation has every row at the first seeds
     runs = [(row, seed, row_recipe(recipe, row, seed, pretrained, output)) for seed in seeds for row in rows]
-    for i, (row, seed, r) in enumerate(runs, 1):  # seed-major: a stopped ablation has every row at the first seeds
-        name = next(iter(r.stages))
-        log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: training {r.stages[name].max_steps} steps")
-        train_stage(r, name, resume=True, show_progress=show_progress and lead)
+    training = [TrainStageStep(r, next(iter(r.stages)), step_name=f"{_slug(row)}-seed{seed}") for row, seed, r in runs]
+    StepRunner(output, resume=True, show_progress=show_progress).run([*first, *training])
     if not lead:
         return None
     baseline = "pre-training only" if len(recipe.stages) > 1 else "base (no training)"
-    log.info(f"evaluating {baseline}")
-    scores = {baseline: [evaluate_model("pretrained", pretrained, recipe, output, resume=True)]}
     # A dynamic row whose rule replaced no set trains to its static twin's very weights: score those once.
-    scored, twins = {}, []
-    for i, (row, seed, r) in enumerate(runs, 1):
-        model = stage_paths(r, next(iter(r.stages))).model
-        key = model_fingerprint(model)
-        if key in scored:
-            twin, result = scored[key]
-            twins.append(f"- {row}, seed {seed}: the same weights as {twin} (scored once)")
-            log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: the same weights as {twin}, not scored again")
-        else:
-            log.info(f"[{i}/{len(runs)}] {row}, seed {seed}: evaluating")
-            result = evaluate_model(_slug(row), model, r, Path(r.output_dir), resume=True)
-            scored[key] = (f"{row}, seed {seed}", result)
-        scores.setdefault(row, []).append(result)
+    evaluations, first_of, twins = [EvaluateStep(recipe, {"pretrained": pretrained}, output, name="eval-pretrained")], {}, []
+    for row, seed, r in runs:
+        key = model_fingerprint(stage_paths(r, next(iter(r.stages))).model)
+        if key in first_of:
+            twins.append(f"- {row}, seed {seed}: the same weights as {first_of[key][0]}, seed {first_of[key][1]} "
+                         "(scored once)")
+            continue
+        first_of[key] = (row, seed)
+        evaluations.append(EvaluateStep(r, {_slug(row): stage_paths(r, next(iter(r.stages))).model},
+                                        Path(r.output_dir), name=f"eval-{_slug(row)}-seed{seed}"))
+    scored = StepRunner(output, resume=True, show_progress=show_progress).run(evaluations)
+
+    def by_dim(step_name: str) -> dict:  # {dim: scores}, as evaluate_model gives them
+        models = scored[step_name].stats["models"]
+        return {None if k == "dim-full" else int(k[4:]): v for k, v in next(iter(models.values())).items()}
+
+    scores = {baseline: [by_dim("eval-pretrained")]}
+    for row, seed, r in runs:
+        twin_row, twin_seed = first_of[model_fingerprint(stage_paths(r, next(iter(r.stages))).model)]
+        scores.setdefault(row, []).append(by_dim(f"eval-{_slug(twin_row)}-seed{twin_seed}"))
     dims = list(scores[baseline][0])
     tables = {dim: ablation_table(scores, dim) for dim in dims}
     lines = [f"# Ablation: `{recipe.source or recipe.name}`", "",
@@ -162,18 +165,18 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
              + "; scores ×100, mean ± std over seeds.", ""]
     for dim, table in tables.items():
         lines += [f"## dim {dim or 'full'}", "", *table, ""]
-    first = dims[0]
+    first_dim = dims[0]
     if "vanilla" in scores:
-        lines += [f"## Paired difference from vanilla (dim {first or 'full'})", "",
+        lines += [f"## Paired difference from vanilla (dim {first_dim or 'full'})", "",
                   "Each row minus vanilla, seed by seed: mean and 95 % t-interval over the seeds (an interval "
-                  "that holds 0 is no difference at this scale).", "", *paired_table(scores, first, "vanilla"), ""]
-    lines += ordering_lines({row: [column_value(s[first], "Avg") for s in runs] for row, runs in scores.items()},
+                  "that holds 0 is no difference at this scale).", "", *paired_table(scores, first_dim, "vanilla"), ""]
+    lines += ordering_lines({row: [column_value(s[first_dim], "Avg") for s in runs] for row, runs in scores.items()},
                             baseline)
     lines += ["", *mining_lines(runs, twins)]
     lines.append(f"\nTime: {(time.perf_counter() - start) / 60:.1f} min (this call; finished work is reused).")
     write_text_atomic(output / "ablation.md", "\n".join(lines) + "\n")
-    plot_ablation({row: [s[first] for s in runs] for row, runs in scores.items()}, output / "ablation.png",
-                  f"{recipe.name}: ablation (dim {first or 'full'}, {len(seeds)} seeds)")
+    plot_ablation({row: [s[first_dim] for s in runs] for row, runs in scores.items()}, output / "ablation.png",
+                  f"{recipe.name}: ablation (dim {first_dim or 'full'}, {len(seeds)} seeds)")
     plot_figures([(row, r) for row, seed, r in runs if seed == seeds[0]], output, f"{recipe.name}, seed {seeds[0]}")
     result = {"recipe": recipe.source, "seeds": seeds, "rows": rows, "baseline": baseline,
               "scores": {row: [{str(d): r for d, r in s.items()} for s in runs] for row, runs in scores.items()}}

@@ -1,4 +1,6 @@
-"""report.md: the base model against every stage's model on the local suite, per category and Avg."""
+"""report.md: a header, the recipe parts that ran, then each step's own section (recipe_steps.py: a step's
+`report` calls one of the `*_section` functions here with its stats): curation, stages, mining, merge and
+the evaluation tables (the base against every model, per category and Avg, at each dim)."""
 
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def forgetting_lines(evals: dict[str, dict]) -> list[str]:
     return found or [f"None: every model is within 1 point of `{labels[0]}` on every category and guard task, or above."]
 
 
-def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
+def curation_section(stats: dict, recipe: Recipe) -> list[str]:
     from conan_embed.curate.retention_report import retention_markdown, teacher_summary
     from conan_embed.curate.teacher import histogram_text
 
@@ -82,7 +84,7 @@ def _curation_section(stats: dict, recipe: Recipe) -> list[str]:
     return lines + [""]
 
 
-def _mining_section(m: dict) -> list[str]:
+def mining_section(m: dict) -> list[str]:
     t = m["timings"]
     rows = f"{m['rows']:,}" + (f" of {m['rows_total']:,}" if m.get("rows_total", m["rows"]) != m["rows"] else "")
     corpus = f"{m['corpus_size']:,} passages"
@@ -117,30 +119,74 @@ def parts_lines(metrics: dict) -> list[str]:
     ]
 
 
-def _negatives_section(metrics: dict) -> list[str]:
-    """Each retrieval task's hard negatives: static, or what dynamic mining replaced."""
-    lines = []
-    for name, s in metrics["stages"].items():
-        mined = s.get("mining") or {}
-        for task, info in s["tasks"].items():
-            m = mined.get(task)
-            if info.get("kind") != "retrieval":
-                continue
-            if m is None:
-                lines.append(f"- `{name}` / {task}: static hard negatives (each row's first window of candidates)")
-            else:
-                lines.append(f"- `{name}` / {task}: **dynamic** hard negatives: {m['checks']} checks, {m['replaced']:,} "
-                             f"sets replaced ({m['rows_replaced']:,} of {m['rows']:,} rows at least once, deepest "
-                             f"window {m['deepest_window']}), {m['rows_out_of_candidates']:,} rows out of candidates")
-    if not lines:
+def stage_section(s: dict) -> list[str]:
+    """One stage: where it started, its tasks, time, speed and loss; each retrieval task's hard negatives."""
+    tasks = ", ".join(f"{t} ({v['rows']:,}, {v['batch_size']})" for t, v in s["tasks"].items())
+    rate = ", ".join(f"{t} {v:.1f}" for t, v in (s.get("median_pairs_per_s") or {}).items()) or "–"
+    loss = "–" if s.get("final_loss") is None else f"{s['final_loss']:.4f}"
+    name = s["stage"]
+    lines = [f"## Stage `{name}`", "", "| starts from | steps | tasks (rows, batch) | train time | median pairs/s | final loss |",
+             "|---|---|---|---|---|---|",
+             f"| `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | {rate} | {loss} |", "",
+             f"Loss: `{name}/loss.png`, `{name}/log.jsonl` (all stages: `loss.png`).", ""]
+    mined = s.get("mining") or {}
+    negatives = []
+    for task, info in s["tasks"].items():
+        m = mined.get(task)
+        if info.get("kind") != "retrieval":
+            continue
+        if m is None:
+            negatives.append(f"- {task}: static hard negatives (each row's first window of candidates)")
+        else:
+            negatives.append(f"- {task}: **dynamic** hard negatives: {m['checks']} checks, {m['replaced']:,} sets "
+                             f"replaced ({m['rows_replaced']:,} of {m['rows']:,} rows at least once, deepest window "
+                             f"{m['deepest_window']}), {m['rows_out_of_candidates']:,} rows out of candidates")
+    if negatives:
+        lines += ["Hard negatives:", "", *negatives, ""]
+    if mined:
+        lines += ["Positive and hard-negative scores against steps, with the sets replaced at each check (the "
+                  f"paper's Figure 3): `{name}/negatives.png`; each check's counts are the `\"event\": \"dhnm\"` "
+                  f"lines of `{name}/log.jsonl`.", ""]
+    return lines
+
+
+def merge_section(m: dict) -> list[str]:
+    lines = ["## Merge", "", "`merged/` = " + " + ".join(f"{w:.3f} × `{n}`" for n, w in m["weights"].items())
+             + f" ({m['method']}; docs/forgetting.md); it is the final model.", ""]
+    if m.get("example_losses"):
+        lines += [f"- `{n}`: example loss " + ", ".join(f"{t} {v:.4f}" for t, v in losses.items())
+                  for n, losses in m["example_losses"].items()] + [""]
+    return lines
+
+
+def evaluation_section(evals: dict, settings: dict) -> list[str]:
+    """The score and guard tables at each dim, the forgetting check and the task sizes."""
+    if not evals:
         return []
-    return ["## Hard negatives", "", *lines, "",
-            "Positive and hard-negative scores against steps, with the sets replaced at each check (the paper's "
-            "Figure 3): `<stage>/negatives.png`; each check's counts are the `\"event\": \"dhnm\"` lines of "
-            "`<stage>/log.jsonl`.", ""]
+    lines = ["## Evaluation", "",
+             (f"C-MTEB (legacy summary: mean over datasets, docs/evaluation.md), "
+              if settings.get("suite") == "cmteb" else
+              f"Local C-MTEB-shaped suite, {settings.get('split', 'test')} split, size `{settings['size']}`, ")
+             + f"{settings['precision']} encoding; "
+             "scores ×100. Main metric per category in brackets.", ""]
+    any_model = next(iter(evals.values()))
+    for dim_key, result in any_model.items():
+        lines += [f"### {dim_key.replace('dim-full', 'full dim')} ({result['embedding_dim']} dims)", ""]
+        if table := score_table(evals, dim_key):
+            lines += table + [""]
+        if guard := guard_table(evals, dim_key):
+            lines += ["General-domain guard (held-out People's Daily articles, not in the Avg; change against "
+                      "the base in brackets):", "", *guard, ""]
+    lines += ["### Forgetting check", "", "Categories and guard tasks more than 1 point below the base "
+              "(docs/forgetting.md):", "", *forgetting_lines(evals), ""]
+    lines += ["Task sizes:", ""]
+    for name, t in next(iter(any_model.values()))["tasks"].items():
+        lines.append(f"- {name} ({t['category']}): " + ", ".join(f"{k} {v:,}" for k, v in t["size"].items()))
+    return lines + [""]
 
 
-def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
+def write_report(metrics: dict, recipe: Recipe, sections: list[list[str]], path: str | Path) -> Path:
+    """report.md: the header and the parts that ran (from metrics.json's content), then the steps' sections."""
     lines = [f"# Run report: {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
@@ -149,48 +195,6 @@ def write_report(metrics: dict, recipe: Recipe, path: str | Path) -> Path:
               f"`truncate_dim=` any Matryoshka dim)",
               f"- created {metrics['created']}; total {metrics['timings']['total_s'] / 60:.1f} min", ""]
     lines += ["## Recipe parts that ran", "", *parts_lines(metrics), ""]
-    if metrics.get("curation"):
-        lines += _curation_section(metrics["curation"], recipe)
-    if metrics.get("mining"):
-        lines += _mining_section(metrics["mining"])
-    lines += ["## Training", "", "| stage | starts from | steps | tasks (rows, batch) | train time | median pairs/s | final loss |",
-              "|---|---|---|---|---|---|---|"]
-    for name, s in metrics["stages"].items():
-        tasks = ", ".join(f"{t} ({v['rows']:,}, {v['batch_size']})" for t, v in s["tasks"].items())
-        rate = ", ".join(f"{t} {v:.1f}" for t, v in (s.get("median_pairs_per_s") or {}).items()) or "–"
-        loss = "–" if s.get("final_loss") is None else f"{s['final_loss']:.4f}"
-        lines.append(f"| {name} | `{s['init']}` | {s['steps']} | {tasks} | {s['train_seconds'] / 60:.1f} min | "
-                     f"{rate} | {loss} |")
-    lines += ["", "Loss curves: `loss.png` (all stages), `<stage>/loss.png`, `<stage>/log.jsonl`.", ""]
-    if metrics.get("merge"):
-        m = metrics["merge"]
-        lines += ["## Merge", "", "`merged/` = " + " + ".join(f"{w:.3f} × `{n}`" for n, w in m["weights"].items())
-                  + f" ({m['method']}; docs/forgetting.md); it is the final model.", ""]
-        if m.get("example_losses"):
-            lines += [f"- `{n}`: example loss " + ", ".join(f"{t} {v:.4f}" for t, v in losses.items())
-                      for n, losses in m["example_losses"].items()] + [""]
-    lines += _negatives_section(metrics)
-    evals = metrics.get("eval") or {}
-    if evals:
-        settings = metrics["eval_settings"]
-        lines += ["## Evaluation", "",
-                  (f"C-MTEB (legacy summary: mean over datasets, docs/evaluation.md), "
-                   if settings.get("suite") == "cmteb" else
-                   f"Local C-MTEB-shaped suite, {settings.get('split', 'test')} split, size `{settings['size']}`, ")
-                  + f"{settings['precision']} encoding; "
-                  "scores ×100. Main metric per category in brackets.", ""]
-        any_model = next(iter(evals.values()))
-        for dim_key, result in any_model.items():
-            lines += [f"### {dim_key.replace('dim-full', 'full dim')} ({result['embedding_dim']} dims)", ""]
-            if table := score_table(evals, dim_key):
-                lines += table + [""]
-            if guard := guard_table(evals, dim_key):
-                lines += ["General-domain guard (held-out People's Daily articles, not in the Avg; change against "
-                          "the base in brackets):", "", *guard, ""]
-        lines += ["### Forgetting check", "", "Categories and guard tasks more than 1 point below the base "
-                  "(docs/forgetting.md):", "", *forgetting_lines(evals), ""]
-        lines += ["Task sizes:", ""]
-        for name, t in next(iter(any_model.values()))["tasks"].items():
-            lines.append(f"- {name} ({t['category']}): " + ", ".join(f"{k} {v:,}" for k, v in t["size"].items()))
-        lines.append("")
+    for section in sections:
+        lines += section
     return write_text_atomic(path, "\n".join(lines))
