@@ -72,6 +72,26 @@ def cmd_build_data(args) -> None:
           f"(manifest.json lists them)")
 
 
+def cmd_import(args) -> None:
+    from conan_embed.data.importers import export_flagembedding, import_data
+
+    if args.to == "flagembedding":
+        if len(args.inputs) != 1 or args.format != "auto" or args.kind != "auto":
+            raise InputError("--to flagembedding exports one data folder (an import's --output, or build-data's); "
+                             "--format and --kind are for importing", field="to")
+        done = export_flagembedding(args.inputs[0], args.output)
+        print(f"wrote {sum(done['rows'].values()):,} FlagEmbedding rows to {args.output} "
+              f"({', '.join(f'{n:,} from {f}' for f, n in done['rows'].items())})")
+        return
+    s = import_data(args.inputs, args.output, input_format=args.format, kind=args.kind, chunk_rows=args.chunk_rows,
+                    overwrite=args.overwrite)
+    files = ", ".join(f"{f} {n:,}" for f, n in s["files"].items()) or "no rows"
+    reasons = ", ".join(f"{r} {n:,}" for r, n in s["rejected"].items())
+    print(f"{s['rows_in']:,} rows in: {s['rows_written']:,} written ({files}), {s['rows_rejected']:,} rejected"
+          f"{f' ({reasons})' if reasons else ''}, listed in {Path(args.output) / s['rejected_file']}; "
+          f"summary in {Path(args.output) / 'import.json'}")
+
+
 def cmd_eval(args) -> None:
     symmetric = None if args.symmetric_prompt == "none" else args.symmetric_prompt
     if args.suite == "cmteb":
@@ -153,21 +173,26 @@ def cmd_merge(args) -> None:
 def cmd_mine(args) -> None:
     from conan_embed.mining import MineConfig, mine
     from conan_embed.mining.offline import summary_path
+    from conan_embed.training.launch import launched_rank_and_world
 
     config = MineConfig(top_k=args.top_k, index=args.index, nlist=args.nlist, nprobe=args.nprobe,
-                        batch_size=args.batch_size, max_length={"query": args.max_length_query,
-                                                                "passage": args.max_length_passage},
-                        precision=args.precision, cache_dir=args.cache_dir, device=args.device,
-                        max_rows=args.max_rows, rerank_top=args.rerank_top,
+                        hnsw_m=args.hnsw_m, ef_search=args.ef_search, batch_size=args.batch_size,
+                        max_length={"query": args.max_length_query, "passage": args.max_length_passage},
+                        precision=args.precision, chunk_size=args.chunk_size, cache_dir=args.cache_dir,
+                        device=args.device, max_rows=args.max_rows, rerank_top=args.rerank_top,
                         relative_margin=None if args.relative_margin < 0 else args.relative_margin,
                         absolute_margin=args.absolute_margin)
-    summary = mine(_model(args), args.input, args.corpus, args.output, config)
+    rank, world = launched_rank_and_world()
+    summary = mine(_model(args), args.input, args.corpus, args.output, config, rank=rank, world=world)
+    if summary is None:  # another process's shard: rank 0 reports
+        return
     dropped = summary["false_negatives"]
     filtered = (f"; {dropped['dropped']:,} likely false negatives dropped from {dropped['rows']:,} rows "
                 f"(listed in {dropped['file']})" if dropped["file"] else "")
+    processes = f", {world} processes" if world > 1 else ""
     print(f"wrote {summary['rows']:,} rows with up to {summary['top_k']} candidates each (of {summary['corpus_size']:,} "
-          f"passages, {summary['index']} index) to {args.output} in {summary['timings']['total_s']:.0f} s{filtered}; "
-          f"summary in {summary_path(args.output)}")
+          f"passages, {summary['index']} index{processes}) to {args.output} in {summary['timings']['total_s']:.0f} s"
+          f"{filtered}; summary in {summary_path(args.output)}")
 
 
 def cmd_curate(args) -> None:
@@ -273,6 +298,29 @@ def _add_build_data_parser(sub) -> None:
     p.set_defaults(func=cmd_build_data)
 
 
+def _add_import_parser(sub) -> None:
+    p = sub.add_parser("import", help="your own data (FlagEmbedding JSONL, sentence-transformers columns, query-passage"
+                                      " pairs) into training files, or back out to FlagEmbedding (docs/data.md)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".jsonl / .jsonl.gz / .parquet / .tsv files or datasets.save_to_disk folders; with --to "
+                        "flagembedding: one data folder")
+    p.add_argument("--output", required=True, help="folder for finetune/*.jsonl, pretrain/weak_pairs.jsonl, "
+                   "rejected.jsonl and import.json; with --to flagembedding: a .jsonl file")
+    p.add_argument("--format", default="auto", help="auto, flagembedding, st (sentence-transformers columns) or pairs "
+                                                    "(default: %(default)s: from the file type and the rows' keys)")
+    p.add_argument("--kind", default="auto", help="what the rows become: auto, retrieval, sts or pairs (weak pairs for "
+                   "pre-training) (default: %(default)s: retrieval for FlagEmbedding rows and triplets, sts for scored "
+                   "sentence pairs, pairs for plain pairs)")
+    p.add_argument("--to", default="conan", choices=("conan", "flagembedding"),
+                   help="flagembedding: export a data folder's retrieval and classification rows as FlagEmbedding "
+                        "JSONL (default: %(default)s: import)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=10_000, metavar="N",
+                   help="input rows per chunk; an interrupted import continues after its last complete chunk "
+                        "(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="delete the output folder's earlier import and start again")
+    p.set_defaults(func=cmd_import)
+
+
 def _add_curate_parser(sub) -> None:
     p = sub.add_parser("curate", help="filter, deduplicate and teacher-score raw pairs (kept + rejected + stats)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw pair files: .jsonl, .jsonl.gz, .parquet, .csv")
@@ -347,7 +395,12 @@ def _add_mine_parser(sub) -> None:
                    help="faiss index: exact inner product, or approximate for millions of passages (default: %(default)s)")
     p.add_argument("--nlist", type=int, help="ivf: inverted lists (default: 4 x sqrt(corpus size))")
     p.add_argument("--nprobe", type=int, default=32, help="ivf: lists searched per query (default: %(default)s)")
+    p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per passage (default: %(default)s)")
+    p.add_argument("--ef-search", type=int, default=256, help="hnsw: search breadth (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="texts per cached chunk of embeddings: the unit of resumption and of the processes' shards "
+                        "(default: %(default)s)")
     p.add_argument("--max-length-query", type=int, default=64, help="token cap for queries (default: %(default)s)")
     p.add_argument("--max-length-passage", type=int, default=512, help="token cap for passages (default: %(default)s)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
@@ -362,6 +415,10 @@ def _add_mine_parser(sub) -> None:
                    help="drop candidates scoring above (1 - this) x the row's best positive: likely false negatives "
                         "(default: %(default)s, above the positive itself; NV-Retriever: 0.05; -1: off)")
     p.add_argument("--absolute-margin", type=float, help="also drop candidates within this cosine of the positive")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="encode in N processes on this machine, each a contiguous 1/N of the corpus and of the "
+                        "queries (one per GPU); rank 0 gathers, searches and writes the same output as one process. "
+                        "The same as `torchrun --nproc_per_node N -m conan_embed mine ...` (docs/mining.md)")
     _add_backend_args(p)
     p.set_defaults(func=cmd_mine)
 
@@ -466,9 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
                       help="log warnings only (progress bars and results still print)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_assets_parser, _add_build_data_parser, _add_curate_parser, _add_eval_parser, _add_encode_parser,
-                _add_mine_parser, _add_merge_parser, _add_serve_parser, _add_export_parser, _add_training_stages_parser,
-                _add_run_parser, _add_ablation_parser):  # the order `conan-embed --help` lists them in
+    for add in (_add_assets_parser, _add_build_data_parser, _add_import_parser, _add_curate_parser, _add_eval_parser,
+                _add_encode_parser, _add_mine_parser, _add_merge_parser, _add_serve_parser, _add_export_parser,
+                _add_training_stages_parser, _add_run_parser, _add_ablation_parser):  # the order `conan-embed --help` lists them in
         add(sub)
     return parser
 

@@ -312,3 +312,13 @@ def test_serve_peers(tmp_path, embedder):
                         "--requests", 8, "--levels", "1,4", "--ratio-level", 4, "--repeats", 1, "--duration", 10,
                         tmp_path=tmp_path)
     result_line(out, "serve_peers", {"level", "best_ours", "ours_texts_s", "best_other", "other_texts_s", "ratio"})
+
+
+def test_mine_scale(tmp_path, embedder):
+    out, _ = run_script("mine_scale.py", "--passages", 2000, "--queries", 200, "--candidates", 20,
+                        "--encode-sample", 64, "--import-rows", 200, "--io-sample", 50, "--io-target-rows", 20000,
+                        "--model", embedder, "--device", "cpu", tmp_path=tmp_path)
+    fields = result_line(out, "mine_scale", {"encode_ratio_2proc", "equal_2proc", "flat_search_growth_corpus",
+                                             "hnsw_gb_10m", "io_save_s_1p8m", "io_load_s_1p8m", "task_load_pool_s_1p8m",
+                                             "task_load_lists_s_1p8m", "import_peak_mb_large"})
+    assert fields["equal_2proc"] == "true"

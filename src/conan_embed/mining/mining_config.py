@@ -12,7 +12,9 @@ from conan_embed.errors import InputError
 @dataclass
 class MineConfig:
     top_k: int = 200  # candidate ids written per row, best first, positives excluded
-    index: Literal["flat", "ivf", "hnsw"] = "flat"  # flat = exact inner product
+    # flat = exact inner product, 4·dim bytes a passage; ivf: the same plus centroids, searches nprobe/nlist of
+    # the corpus; hnsw: + ~2·M·4 bytes of links a passage (docs/mining.md, "Mining across processes")
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
     nlist: int | None = None  # ivf: inverted lists (None: 4·√corpus size)
     nprobe: int = 32  # ivf: lists searched per query
     hnsw_m: int = 32  # hnsw: links per node
@@ -20,7 +22,9 @@ class MineConfig:
     batch_size: int = 64  # texts per forward pass
     max_length: dict[str, int] = field(default_factory=lambda: {"query": 64, "passage": 512})
     precision: Literal["fp32", "bf16"] = "fp32"
-    chunk_size: int = 4096  # texts per cached chunk of embeddings: the unit of resumption
+    # texts per cached chunk of embeddings: the unit of resumption and of the shards that processes encode (a
+    # multiple of batch_size x 8 keeps a text's embedding the same whatever the chunk size)
+    chunk_size: int = 1024
     cache_dir: str | None = None  # embeddings cache (None: <conan-embed cache>/embeddings)
     device: str | None = None  # None: cuda when available
     # A smaller job for small machines: mine only a fixed random sample of the rows (the same sample a

@@ -4,19 +4,21 @@ For each row, the corpus is ranked by a model (the teacher, the base or a pre-tr
 row's top `top_k` ids, without its positives (by id and by identical text), become its `candidates`:
 the ranked list that fine-tuning takes its static hard negatives from and dynamic mining walks down.
 
-- Encoding is the cost, so embeddings are cached on disk under a key made of the model's files, the
-  texts, the prompt, the length cap and the precision, in chunks written atomically: an interrupted
-  `mine` continues from its last finished chunk, and mining again with the same model (another input
-  file over the same corpus, a re-run) encodes nothing.
+- Encoding is the cost, so embeddings are cached on disk (conan_embed.mining.embedding_cache) under a key
+  made of the model's files, the texts, the prompt, the length cap and the precision, in chunks written
+  atomically: an interrupted `mine` continues from its last finished chunk, and mining again with the same
+  model (another input file over the same corpus, a re-run) encodes nothing.
+- Several processes (`--nproc N`, torchrun) each encode a contiguous shard of the chunks; rank 0 gathers
+  them, searches and writes: the same output, byte for byte, as one process.
 - faiss searches: exact inner product by default (cosine: embeddings are normalised); IVF or HNSW for
   corpora of millions (`MineConfig.index`).
+- Beside the output, the candidates as an int32 matrix of corpus positions (conan_embed.mining.candidate_pool),
+  which training loads with numpy.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
 import os
 import time
@@ -27,13 +29,11 @@ import numpy as np
 from conan_embed.data.records import fixed_sample, read_corpus, read_records, write_records
 from conan_embed.errors import InputError
 from conan_embed.files import write_json
+from conan_embed.mining.candidate_pool import pool_matrix, remove_candidate_pool, write_candidate_pool
+from conan_embed.mining.embedding_cache import CachedEmbeddings, cache_root
 from conan_embed.mining.mining_config import MineConfig, check_mine_config, filters_false_negatives
 from conan_embed.mining.rule import false_negative_limit
 from conan_embed.model_loading import ModelSource, load_embedder, resolve_model
-
-CACHE_VERSION = 1
-# files in a model or checkpoint folder that do not define the model (hashing optimizer.pt would cost
-# seconds; the model card names the run that wrote it)
 
 def read_query_rows(path: str | Path, corpus_index: dict[str, int]) -> list[dict]:
     """The rows to mine for; a positive id that is not in the corpus is an error naming the row."""
@@ -60,64 +60,6 @@ def rerank_corpus(rows: list[dict], row_numbers: list[int], corpus_ids: list[str
         wanted.update(str(c) for c in candidates[:top])
         wanted.update(str(p) for p in row.get("positive_ids") or ())
     return [i for i, cid in enumerate(corpus_ids) if cid in wanted]
-
-
-def texts_digest(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
-
-
-def cache_root(config: MineConfig) -> Path:
-    if config.cache_dir:
-        return Path(config.cache_dir)
-    from conan_embed.assets import cache_dir
-
-    return cache_dir() / "embeddings"
-
-
-def embed_cached(model, texts: list[str], kind: str, config: MineConfig, *, model_key: str,
-                 show_progress: bool = True) -> tuple[np.ndarray, str]:
-    """Normalised float32 embeddings of `texts` as `kind` ("query" / "passage") texts, from the cache
-    where they are there; returns (embeddings, cache key)."""
-    from tqdm.auto import tqdm
-
-    from conan_embed.encode import encode_texts
-    from conan_embed.modeling import text_prompt
-
-    prompt = text_prompt(model.prompts, kind)
-    cap = config.max_length.get(kind)
-    key_parts = {"version": CACHE_VERSION, "model": model_key, "kind": kind, "prompt": prompt, "max_length": cap,
-                 "precision": config.precision, "texts": texts_digest(texts), "count": len(texts),
-                 "chunk_size": config.chunk_size}
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
-    folder = cache_root(config) / key
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "key.json", key_parts)
-    chunks = [folder / f"chunk-{i:05d}.npy" for i in range(math.ceil(len(texts) / config.chunk_size))]
-    todo = [i for i, f in enumerate(chunks) if not f.is_file()]
-    step = max(config.batch_size * 8, 1)  # progress granularity inside a chunk
-    label = "encode queries" if kind == "query" else "encode passages"
-    with tqdm(total=len(texts), desc=label, unit="text", disable=not show_progress) as bar:
-        bar.update(len(texts) - sum(len(texts[i * config.chunk_size:(i + 1) * config.chunk_size]) for i in todo))
-        for i in todo:
-            part = texts[i * config.chunk_size:(i + 1) * config.chunk_size]
-            out = []
-            for at in range(0, len(part), step):
-                out.append(encode_texts(model, part[at: at + step], prompt=prompt, max_length=cap,
-                                        precision=config.precision, batch_size=config.batch_size, show_progress=False))
-                bar.update(len(part[at: at + step]))
-            _save_npy(chunks[i], np.concatenate(out))
-    return np.concatenate([np.load(f) for f in chunks]) if chunks else np.zeros((0, 0), np.float32), key
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
 
 
 def build_index(corpus: np.ndarray, config: MineConfig):
@@ -169,11 +111,17 @@ def exclusions(rows: list[dict], corpus_ids: list[str], corpus_texts: list[str])
 
 
 def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: str | Path,
-         config: MineConfig | None = None, *, show_progress: bool = True) -> dict:
+         config: MineConfig | None = None, *, show_progress: bool = True, rank: int = 0, world: int = 1) -> dict | None:
     """Rank `corpus_path` for every row of `input_path` with `model` (a folder, a shipped name or a
-    SentenceTransformer) and write the rows with ranked `candidates` to `output_path`; returns the
-    summary also written beside it (`<output>.mine.json`)."""
+    SentenceTransformer) and write the rows with ranked `candidates` to `output_path`, and their candidate
+    pool beside it; returns the summary also written beside it (`<output>.mine.json`).
+
+    In several processes (`conan-embed mine --nproc N`, torchrun) every process calls it with its `rank` of
+    `world`: each encodes its shard of the texts into the embedding cache, rank 0 gathers them, searches and
+    writes (the same output as one process) and the others return None once their shard is encoded."""
     config = check_mine_config(config or MineConfig())
+    if not 0 <= rank < world:
+        raise InputError(f"rank {rank} is not one of the {world} processes", field="rank")
     start = time.perf_counter()
     corpus_ids, corpus_texts = read_corpus(corpus_path)
     if not corpus_ids:
@@ -182,56 +130,49 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     rows_total, corpus_total = len(rows), len(corpus_ids)
     numbers = fixed_sample(len(rows), config.max_rows)
     rows = [rows[i] for i in numbers]
+    keep = None  # the corpus positions ranked, when not all of them
     if config.rerank_top is not None:
         keep = rerank_corpus(rows, [i + 1 for i in numbers], corpus_ids, config.rerank_top, input_path)
         corpus_ids, corpus_texts = [corpus_ids[i] for i in keep], [corpus_texts[i] for i in keep]
     excluded = exclusions(rows, corpus_ids, corpus_texts)
-
-    import torch
-
-    if isinstance(model, (str, Path, ModelSource)):
-        source = resolve_model(model)
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        st_model, model_key = load_embedder(source, device=device), source.fingerprint
-    else:
-        st_model, model_key = model, _state_fingerprint(model)
-    timings = {}
-    t0 = time.perf_counter()
-    corpus_emb, corpus_key = embed_cached(st_model, corpus_texts, "passage", config, model_key=model_key,
-                                          show_progress=show_progress)
-    query_emb, query_key = embed_cached(st_model, [r["query"] for r in rows], "query", config, model_key=model_key,
-                                        show_progress=show_progress)
-    timings["encode_s"] = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
-    index = build_index(corpus_emb, config)
     filtering = filters_false_negatives(config)
+    st_model, model_key = _embedder(model, config, world)
+    caches = {"passage": CachedEmbeddings(st_model, corpus_texts, "passage", config, model_key=model_key),
+              "query": CachedEmbeddings(st_model, [r["query"] for r in rows], "query", config, model_key=model_key)}
+    outside = [i for i, ex in enumerate(excluded) if not ex] if filtering else []  # positives not in the corpus
+    if outside:
+        caches["positive"] = CachedEmbeddings(st_model, [t for i in outside for t in rows[i]["positives"]], "passage",
+                                              config, model_key=model_key)
+    t0 = time.perf_counter()
+    shards = {name: cache.encode(rank, world, show_progress=show_progress and rank == 0)
+              for name, cache in caches.items()}
+    timings = {f"encode_{name}_s": shard["seconds"] for name, shard in shards.items()}
+    timings["encode_s"] = round(time.perf_counter() - t0, 2)
+    if rank != 0:
+        return None
+    t0 = time.perf_counter()
+    gathered = {name: cache.gather(world) for name, cache in caches.items()}
+    timings["gather_s"] = round(time.perf_counter() - t0, 2)
+    corpus_emb, query_emb = gathered["passage"][0], gathered["query"][0]
+    t0 = time.perf_counter()
     positive = np.full(len(rows), np.nan)
     if filtering:
-        positive = positive_scores(st_model, rows, excluded, corpus_emb, query_emb, config, model_key,
-                                   show_progress=show_progress)
-    limits = false_negative_limit(positive, config.relative_margin, config.absolute_margin)
-    # room for the positives the ranking holds and, when filtering, for as many false negatives again; rows
-    # left short by many false negatives are searched again, deeper
-    k = min(len(corpus_ids), config.top_k * (2 if filtering else 1) + max(len(e) for e in excluded))
-    todo, picked, top1 = np.arange(len(rows)), [None] * len(rows), None
-    while len(todo):
-        scores, ranked = search(index, query_emb[todo], k, show_progress=show_progress)
-        top1 = scores[:, 0] if top1 is None else top1
-        deeper = []
-        for i, ids, row_scores in zip(todo, ranked, scores):
-            picked[i] = pick_candidates(ids, row_scores, excluded[i], limits[i], config.top_k)
-            if len(picked[i][0]) < config.top_k and k < len(corpus_ids):
-                deeper.append(i)
-        todo, k = np.asarray(deeper, dtype=np.int64), min(len(corpus_ids), 4 * k)
+        positive = positive_scores(rows, excluded, corpus_emb, query_emb, gathered.get("positive", (None,))[0])
+    picked, top1 = rank_rows(corpus_emb, query_emb, excluded, positive, config, show_progress=show_progress)
     timings["search_s"] = round(time.perf_counter() - t0, 2)
     short, audit = 0, []
     for number, row, (kept, dropped), pos in zip(numbers, rows, picked, positive):
+        row.pop("candidates", None)  # then written last: training reads the rows without the lists
         row["candidates"] = [corpus_ids[j] for j in kept]
         short += len(kept) < config.top_k
         if dropped:
             audit.append({"row": int(number) + 1, "query": row["query"], "positive_score": round(float(pos), 5),
                           "dropped": [{"id": corpus_ids[j], "score": round(float(sc), 5)} for j, sc in dropped]})
+    remove_candidate_pool(output_path)
     write_records(output_path, rows, "retrieval")
+    pool = write_candidate_pool(output_path, pool_matrix([kept for kept, _ in picked], config.top_k,
+                                                         None if keep is None else np.asarray(keep)),
+                                corpus_path, corpus_size=corpus_total)
     audit_file = false_negatives_path(output_path)
     if filtering:
         write_records(audit_file, audit)
@@ -240,16 +181,55 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     timings["total_s"] = round(time.perf_counter() - start, 2)
     summary = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
                "model_fingerprint": model_key, "input": str(input_path), "corpus": str(corpus_path),
-               "output": str(output_path), "rows": len(rows), "rows_total": rows_total,
+               "output": str(output_path), "candidate_pool": str(pool), "rows": len(rows), "rows_total": rows_total,
                "corpus_size": len(corpus_ids), "corpus_total": corpus_total, "rerank_top": config.rerank_top,
                "top_k": config.top_k, "rows_with_fewer": short, "index": config.index,
                "false_negatives": {"relative_margin": config.relative_margin, "absolute_margin": config.absolute_margin,
                                    "dropped": sum(len(a["dropped"]) for a in audit), "rows": len(audit),
                                    "file": str(audit_file) if filtering else None},
-               "cache": {"passage": corpus_key, "query": query_key, "root": str(cache_root(config))},
+               "cache": {"passage": caches["passage"].key, "query": caches["query"].key,
+                         "root": str(cache_root(config))},
+               "processes": {"count": world, "shards": {name: info["shards"] or [shards[name]]
+                                                        for name, (_, info) in gathered.items()},
+                             "filled_in": sum(info["filled_in"] for _, info in gathered.values())},
                "mean_top1_score": round(float(top1.mean()), 5), "timings": timings}
     write_json(summary_path(output_path), summary)
     return summary
+
+
+def rank_rows(corpus_emb: np.ndarray, query_emb: np.ndarray, excluded: list[set[int]], positive: np.ndarray,
+              config: MineConfig, *, show_progress: bool = True) -> tuple[list, np.ndarray]:
+    """Each row's (kept, dropped) candidates (`pick_candidates`) and its top-1 score, from an index over the
+    corpus. Room for the positives the ranking holds and, when filtering, for as many false negatives again;
+    rows left short by many false negatives are searched again, deeper."""
+    index = build_index(corpus_emb, config)
+    limits = false_negative_limit(positive, config.relative_margin, config.absolute_margin)
+    n = len(corpus_emb)
+    k = min(n, config.top_k * (2 if filters_false_negatives(config) else 1) + max(len(e) for e in excluded))
+    todo, picked, top1 = np.arange(len(query_emb)), [None] * len(query_emb), None
+    while len(todo):
+        scores, ranked = search(index, query_emb[todo], k, show_progress=show_progress)
+        top1 = scores[:, 0] if top1 is None else top1
+        deeper = []
+        for i, ids, row_scores in zip(todo, ranked, scores):
+            picked[i] = pick_candidates(ids, row_scores, excluded[i], limits[i], config.top_k)
+            if len(picked[i][0]) < config.top_k and k < n:
+                deeper.append(i)
+        todo, k = np.asarray(deeper, dtype=np.int64), min(n, 4 * k)
+    return picked, top1
+
+
+def _embedder(model, config: MineConfig, world: int):
+    """(a loaded model, its fingerprint); with several processes on GPUs, each on its own (LOCAL_RANK)."""
+    if not isinstance(model, (str, Path, ModelSource)):
+        return model, _state_fingerprint(model)
+    import torch
+
+    source = resolve_model(model)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1 and device == "cuda":  # one GPU a process; processes share GPUs when there are fewer
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return load_embedder(source, device=device), source.fingerprint
 
 
 def pick_candidates(ids, scores, positives: set[int], limit: float, top_k: int):
@@ -268,22 +248,19 @@ def pick_candidates(ids, scores, positives: set[int], limit: float, top_k: int):
     return kept, dropped
 
 
-def positive_scores(model, rows: list[dict], excluded: list[set[int]], corpus_emb: np.ndarray, query_emb: np.ndarray,
-                    config: MineConfig, model_key: str, *, show_progress: bool = True) -> np.ndarray:
+def positive_scores(rows: list[dict], excluded: list[set[int]], corpus_emb: np.ndarray, query_emb: np.ndarray,
+                    outside_emb: np.ndarray | None = None) -> np.ndarray:
     """Each row's best cosine with its positives: from the corpus embeddings where the positives are in the
-    corpus (by id or text), else from their texts, embedded (and cached) the same way."""
+    corpus (by id or text), else from `outside_emb`, the embeddings of the other rows' positive texts in row
+    order."""
     best = np.full(len(rows), -np.inf)
-    missing = [i for i, ex in enumerate(excluded) if not ex]
+    at = 0
     for i, ex in enumerate(excluded):
         if ex:
             best[i] = float((corpus_emb[sorted(ex)] @ query_emb[i]).max())
-    if missing:
-        texts = [t for i in missing for t in rows[i]["positives"]]
-        emb, _ = embed_cached(model, texts, "passage", config, model_key=model_key, show_progress=show_progress)
-        at = 0
-        for i in missing:
+        else:
             n = len(rows[i]["positives"])
-            best[i] = float((emb[at: at + n] @ query_emb[i]).max())
+            best[i] = float((outside_emb[at: at + n] @ query_emb[i]).max())
             at += n
     return best
 
