@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -323,8 +324,6 @@ class EvaluateStep(Step):
         self.models = {k: v for k, v in models.items() if recipe.eval.models is None or k in recipe.eval.models}
 
     def run(self, *, resume, show_progress):
-        import time
-
         scores, seconds = {}, {}
         for label, path in self.models.items():
             start = time.perf_counter()

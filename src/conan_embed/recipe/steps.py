@@ -36,6 +36,7 @@ class Step:
     record: tuple[str, ...] = ()  # where its stats go in the pipeline's summary (metrics.json), if anywhere
 
     def inputs(self) -> list[Path]:
+        """What it reads (for a reader of the list; resume goes by the fingerprint, which covers them)."""
         return []
 
     def outputs(self) -> list[Path]:
