@@ -335,6 +335,9 @@ class EvaluateStep(Step):
     def report(self, stats):
         return run_report.evaluation_section(stats["models"], stats["settings"])
 
+    def recorded(self, stats):
+        return stats["models"]
+
 
 def recipe_steps(recipe: Recipe, *, evaluate: bool = True, overwrite: bool = False) -> list[Step]:
     """The recipe's run as steps, in order."""

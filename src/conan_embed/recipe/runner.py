@@ -70,8 +70,7 @@ def collect_metrics(steps, results: dict) -> dict:
             target = metrics
             for parent in parents:
                 target = target.setdefault(parent, {})
-            stats = results[step.name].stats
-            target[key] = stats["models"] if step.record == ("eval",) else stats
+            target[key] = step.recorded(results[step.name].stats)
     timings = {f"{name}_s": r.seconds for name, r in results.items() if name != "evaluate"}
     if "evaluate" in results:
         timings.update({f"eval_{label}_s": s for label, s in results["evaluate"].stats["seconds"].items()})

@@ -54,6 +54,10 @@ class Step:
         """Markdown lines for report.md (a section), from the stats alone."""
         return []
 
+    def recorded(self, stats: dict):
+        """What goes into the pipeline's summary at `record` (default: the stats)."""
+        return stats
+
 
 @dataclass
 class StepResult:
