@@ -162,7 +162,8 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     timings["search_s"] = round(time.perf_counter() - t0, 2)
     short, audit = 0, []
     for number, row, (kept, dropped), pos in zip(numbers, rows, picked, positive):
-        row.pop("candidates", None)  # then written last: training reads the rows without the lists
+        # in its place when the input row had candidates (a file mined before holds the same bytes, so runs
+        # trained on it still resume), else last (then training reads the rows without the lists)
         row["candidates"] = [corpus_ids[j] for j in kept]
         short += len(kept) < config.top_k
         if dropped:
@@ -172,7 +173,8 @@ def mine(model, input_path: str | Path, corpus_path: str | Path, output_path: st
     write_records(output_path, rows, "retrieval")
     pool = write_candidate_pool(output_path, pool_matrix([kept for kept, _ in picked], config.top_k,
                                                          None if keep is None else np.asarray(keep)),
-                                corpus_path, corpus_size=corpus_total)
+                                corpus_path, corpus_size=corpus_total,
+                                candidates_last=all(next(reversed(row)) == "candidates" for row in rows))
     audit_file = false_negatives_path(output_path)
     if filtering:
         write_records(audit_file, audit)
