@@ -136,8 +136,8 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
     baseline = "pre-training only" if len(recipe.stages) > 1 else "base (no training)"
     # A dynamic row whose rule replaced no set trains to its static twin's very weights: score those once.
     evaluations, first_of, twins = [EvaluateStep(recipe, {"pretrained": pretrained}, output, name="eval-pretrained")], {}, []
-    for row, seed, r in runs:
-        key = model_fingerprint(stage_paths(r, next(iter(r.stages))).model)
+    keys = [model_fingerprint(stage_paths(r, next(iter(r.stages))).model) for _, _, r in runs]
+    for (row, seed, r), key in zip(runs, keys):
         if key in first_of:
             twins.append(f"- {row}, seed {seed}: the same weights as {first_of[key][0]}, seed {first_of[key][1]} "
                          "(scored once)")
@@ -152,8 +152,8 @@ def run_ablation(recipe: Recipe, output: str | Path, *, seeds: list[int], rows=N
         return {None if k == "dim-full" else int(k[4:]): v for k, v in next(iter(models.values())).items()}
 
     scores = {baseline: [by_dim("eval-pretrained")]}
-    for row, seed, r in runs:
-        twin_row, twin_seed = first_of[model_fingerprint(stage_paths(r, next(iter(r.stages))).model)]
+    for (row, _, _), key in zip(runs, keys):
+        twin_row, twin_seed = first_of[key]
         scores.setdefault(row, []).append(by_dim(f"eval-{_slug(twin_row)}-seed{twin_seed}"))
     dims = list(scores[baseline][0])
     tables = {dim: ablation_table(scores, dim) for dim in dims}

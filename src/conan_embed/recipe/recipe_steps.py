@@ -26,7 +26,7 @@ from conan_embed.mining import mine
 from conan_embed.model_loading import load_embedder
 from conan_embed.recipe import run_report
 from conan_embed.recipe.schema import Recipe
-from conan_embed.recipe.stage_training import init_model_path, stage_fingerprint_of, stage_paths, train_stage
+from conan_embed.recipe.stage_training import init_model_path, stage_paths, train_stage
 from conan_embed.recipe.steps import Step
 from conan_embed.training.callbacks import plot_loss_curve, read_log
 
@@ -202,8 +202,9 @@ class CheckDataStep(Step):
 
 
 class TrainStageStep(Step):
-    """One training stage on every process; it resumes from its checkpoints, and a finished stage whose
-    fingerprint (settings, init model, data digests) is unchanged is not trained again."""
+    """One training stage on every process. No fingerprint here: `train_stage` itself returns a finished
+    stage whose fingerprint (settings, init model, data digests) is unchanged, resumes an interrupted one
+    from its checkpoints and names the changed keys otherwise (hashing the data once, not twice)."""
 
     rank0_only = False
 
@@ -218,9 +219,6 @@ class TrainStageStep(Step):
     def outputs(self):
         paths = stage_paths(self.recipe, self.stage)
         return [paths.model, paths.summary]
-
-    def fingerprint(self):
-        return stage_fingerprint_of(self.recipe, self.stage)
 
     def run(self, *, resume, show_progress):
         log.info(f"stage {self.stage}: {self.recipe.stages[self.stage].max_steps} steps")
