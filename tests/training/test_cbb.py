@@ -132,8 +132,8 @@ def test_composer_settings_are_checked(recipe_dict):
 
 
 def test_run_on_two_processes(recipe_dict, tmp_path, capsys):
-    """`conan-embed run --nproc 2`: both processes train every stage (CBB fine-tuning), rank 0 alone mines
-    between the stages, evaluates and writes the report."""
+    """`conan-embed run --nproc 2`: both processes train every stage (CBB fine-tuning) and encode a shard
+    each for mining between the stages; rank 0 searches, evaluates and writes the report."""
     from conan_embed.cli import main
 
     recipe_dict["stages"]["finetune"].update(composer="cbb", max_steps=4)
@@ -149,5 +149,7 @@ def test_run_on_two_processes(recipe_dict, tmp_path, capsys):
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stages"]["finetune"]["steps"] == 4 and metrics["mining"]["rows"] == 48
+    shards = metrics["mining"]["processes"]["shards"]["passage"]
+    assert [s["rank"] for s in shards] == [0, 1] and sum(s["texts"] for s in shards) == metrics["mining"]["corpus_size"]
     assert set(metrics["eval"]) == {"base", "pretrain", "finetune"} and (run / "model" / "modules.json").is_file()
     assert [r["step"] for r in read_log(run / "finetune" / "log.jsonl")] == [1, 2, 3, 4]  # one writer

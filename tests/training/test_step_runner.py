@@ -51,6 +51,19 @@ def test_steps_run_in_order_and_resume_skips_the_unchanged(tmp_path):
     assert calls == ["a", "b", "c"]
 
 
+def test_an_output_rewritten_since_is_not_done(tmp_path):
+    """Runs that share a data folder write the same mined file with their own models: a stamp whose file
+    now holds another run's bytes must not count as done, and the same bytes put back count again."""
+    calls = []
+    made = [Recorded("mine", tmp_path, calls, key=1)]
+    StepRunner(tmp_path / "run-a", resume=True).run(made)
+    (tmp_path / "mine.out").write_text("another run's candidates")
+    StepRunner(tmp_path / "run-a", resume=True).run(made)
+    assert calls == ["mine", "mine"]
+    StepRunner(tmp_path / "run-a", resume=True).run(made)  # the step wrote its bytes back
+    assert calls == ["mine", "mine"]
+
+
 def test_step_names_must_be_unique(tmp_path):
     with pytest.raises(InputError, match="'a'"):
         StepRunner(tmp_path, resume=True).run([Recorded("a", tmp_path, []), Recorded("a", tmp_path, [])])

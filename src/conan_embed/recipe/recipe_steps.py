@@ -29,6 +29,7 @@ from conan_embed.recipe.schema import Recipe
 from conan_embed.recipe.stage_training import init_model_path, stage_paths, train_stage
 from conan_embed.recipe.steps import Step
 from conan_embed.training.callbacks import plot_loss_curve, read_log
+from conan_embed.training.launch import barrier, launched_rank_and_world
 
 log = get_logger("run")
 
@@ -90,13 +91,15 @@ def mining_model(recipe: Recipe) -> Path | str:
     return stage_paths(recipe, m.model).model if m.model in recipe.stages else m.model
 
 
-def mine_candidates(recipe: Recipe, *, show_progress: bool) -> dict:
+def mine_candidates(recipe: Recipe, *, show_progress: bool, rank: int = 0, world: int = 1) -> dict | None:
     """The recipe's mine step: rank mine.corpus for mine.input's rows with mine.model (the base, a
-    finished stage's model or a folder). Embeddings are cached, so a resumed run re-mines in seconds."""
+    finished stage's model or a folder). Embeddings are cached, so a resumed run re-mines in seconds. In
+    several processes each encodes its shard and rank 0 writes (`mine`); the others return None."""
     m, model = recipe.mine, mining_model(recipe)
-    log.info(f"mining candidates for {m.input} with {model}")
+    if rank == 0:
+        log.info(f"mining candidates for {m.input} with {model}" + f" on {world} processes" * (world > 1))
     return mine(model, recipe.data_file(m.input), recipe.data_file(m.corpus), recipe.data_file(m.output), m,
-                show_progress=show_progress)
+                show_progress=show_progress, rank=rank, world=world)
 
 
 def files_stamp(path: Path) -> dict:
@@ -230,9 +233,11 @@ class TrainStageStep(Step):
 
 
 class MineStep(Step):
-    """Hard-negative candidates ranked by a model (`mine:`), after the stage whose model it uses."""
+    """Hard-negative candidates ranked by a model (`mine:`), after the stage whose model it uses. Every
+    process encodes its shard of the texts (the stage before it saved the model and waited for all)."""
 
     name = "mine"
+    rank0_only = False
     record = ("mining",)
 
     def __init__(self, recipe: Recipe):
@@ -251,7 +256,10 @@ class MineStep(Step):
                 "files": {str(p): files_stamp(p) for p in [*self.inputs(), model] if p.exists()}}
 
     def run(self, *, resume, show_progress):
-        return mine_candidates(self.recipe, show_progress=show_progress)
+        rank, world = launched_rank_and_world()
+        stats = mine_candidates(self.recipe, show_progress=show_progress, rank=rank, world=world)
+        barrier()  # the steps after it read what rank 0 wrote last
+        return stats
 
     def report(self, stats):
         return run_report.mining_section(stats)

@@ -82,8 +82,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     """Run the whole recipe; returns metrics.json's content.
 
     Launched on several processes (torchrun, `--nproc`), every process runs the same steps: rank 0 alone
-    builds data, curates, mines, merges, evaluates and writes the report, every process trains; the
-    others return None."""
+    builds data, curates, merges, evaluates and writes the report; every process trains and encodes its
+    shard for mining; the others return None."""
     init_from_launch()
     lead = launched_rank_and_world()[0] == 0
     start = time.perf_counter()

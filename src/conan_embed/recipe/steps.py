@@ -2,10 +2,12 @@
 
 A step (`Step`) says what it is: a name, the paths it reads and writes, a fingerprint of everything that
 decides its output, `run()` returning its stats (a JSON-able dict), and whether it runs on rank 0 only.
-The runner stamps each finished step into `<folder>/steps/<name>.json` (fingerprint, stats, seconds),
-written last; on `resume` a step whose stamp holds today's fingerprint and whose outputs exist is not run
-again, its stats are read back. A step without a fingerprint (cheap, or resuming by itself, like a stage
-from its checkpoints) always runs.
+The runner stamps each finished step into `<folder>/steps/<name>.json` (fingerprint, stats, seconds, the
+sha256 of each output file), written last; on `resume` a step whose stamp holds today's fingerprint and
+whose outputs exist with the bytes it wrote is not run again, its stats are read back. The bytes matter
+where runs share a data folder: a mined file is the product of one run's model, and another run mining
+into the same place must not pass for it. A step without a fingerprint (cheap, or resuming by itself,
+like a stage from its checkpoints) always runs.
 
 Launched on several processes (torchrun, `--nproc`), every process runs the same list: a rank-0-only step
 is skipped on the other ranks, and the runner holds every rank at a barrier after it when a later step
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conan_embed.errors import InputError
-from conan_embed.files import write_json
+from conan_embed.files import content_digest, write_json
 from conan_embed.logs import get_logger
 from conan_embed.training.launch import barrier, init_from_launch, launched_rank_and_world
 
@@ -32,7 +34,7 @@ class Step:
     """One unit of a pipeline. Subclasses set `name` (unique in its list) and `run`; the rest is optional."""
 
     name: str = "step"
-    rank0_only: bool = True  # data, curation, mining, merging, evaluation; training runs on every rank
+    rank0_only: bool = True  # data, curation, merging, evaluation; training and mining run on every rank
     record: tuple[str, ...] = ()  # where its stats go in the pipeline's summary (metrics.json), if anywhere
 
     def inputs(self) -> list[Path]:
@@ -40,7 +42,7 @@ class Step:
         return []
 
     def outputs(self) -> list[Path]:
-        """What must exist for a stamped step to count as done."""
+        """What must exist for a stamped step to count as done (files: with the bytes the step wrote)."""
         return []
 
     def fingerprint(self) -> dict | None:
@@ -86,7 +88,17 @@ class StepRunner:
         stamp = json.loads(path.read_text())
         if stamp.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
             return None
-        return stamp if all(Path(p).exists() for p in step.outputs()) else None
+        if not all(Path(p).exists() for p in step.outputs()):
+            return None
+        for path, digest in stamp.get("outputs", {}).items():
+            if not Path(path).is_file() or content_digest(path) != digest:
+                log.info(f"{step.name}: {path} changed since this run wrote it; running the step again")
+                return None
+        return stamp
+
+    @staticmethod
+    def output_digests(step: Step) -> dict[str, str]:
+        return {str(p): content_digest(p) for p in step.outputs() if Path(p).is_file()}
 
     def run(self, steps: list[Step]) -> dict[str, StepResult]:
         names = [s.name for s in steps]
@@ -118,5 +130,6 @@ class StepRunner:
         seconds = round(time.perf_counter() - start, 1)
         if lead:
             write_json(self.stamp_path(step), {"fingerprint": fingerprint, "stats": stats, "seconds": seconds,
+                                               "outputs": self.output_digests(step),
                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return StepResult(step.name, stats, seconds, reused=False)
