@@ -197,7 +197,7 @@ def build_engine(settings: ServeSettings) -> EmbeddingEngine:
     return EmbeddingEngine(settings.model, device=settings.device, precision=settings.precision,
                            max_batch_tokens=settings.max_batch_tokens, max_queue=settings.max_queue,
                            max_wait_ms=settings.max_wait_ms, tokenizer_threads=settings.tokenizer_threads,
-                           pass_overhead_tokens=settings.pass_overhead_tokens, metrics=ServerMetrics(),
+                           pass_overhead_tokens=settings.pass_overhead_tokens,
                            backend=settings.backend, onnx_file=settings.onnx_file, compile=settings.compile,
                            max_in_flight=settings.max_in_flight)
 
