@@ -153,3 +153,8 @@ def test_run_on_two_processes(recipe_dict, tmp_path, capsys):
     assert [s["rank"] for s in shards] == [0, 1] and sum(s["texts"] for s in shards) == metrics["mining"]["corpus_size"]
     assert set(metrics["eval"]) == {"base", "pretrain", "finetune"} and (run / "model" / "modules.json").is_file()
     assert [r["step"] for r in read_log(run / "finetune" / "log.jsonl")] == [1, 2, 3, 4]  # one writer
+
+    # resumed: both ranks find every step done (mining too: all skip it, none waits in a collective alone)
+    assert main(["run", str(path), "--nproc", "2", "--resume"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["steps"]["mine"]["reused"] and again["mining"] == metrics["mining"]

@@ -64,6 +64,21 @@ def test_an_output_rewritten_since_is_not_done(tmp_path):
     assert calls == ["mine", "mine"]
 
 
+def test_ranks_agree_on_an_all_rank_step_before_anyone_stamps_it(tmp_path, monkeypatch):
+    """Mining runs on every rank with a fingerprint: every rank reads the stamp, then all meet, and only
+    then may rank 0 run and stamp it; so a late rank cannot skip a step the others are running."""
+    events = []
+    monkeypatch.setattr(steps_module, "init_from_launch", lambda: None)
+    monkeypatch.setattr(steps_module, "launched_rank_and_world", lambda: (0, 2))
+    monkeypatch.setattr(steps_module, "barrier", lambda: events.append("|"))
+    mine = Recorded("mine", tmp_path, events, key=1, rank0_only=False)
+    StepRunner(tmp_path, resume=True).run([mine])
+    assert events == ["|", "mine"]
+    events.clear()
+    StepRunner(tmp_path, resume=True).run([mine])  # done: skipped, after the same meeting
+    assert events == ["|"]
+
+
 def test_step_names_must_be_unique(tmp_path):
     with pytest.raises(InputError, match="'a'"):
         StepRunner(tmp_path, resume=True).run([Recorded("a", tmp_path, []), Recorded("a", tmp_path, [])])

@@ -12,7 +12,8 @@ like a stage from its checkpoints) always runs.
 Launched on several processes (torchrun, `--nproc`), every process runs the same list: a rank-0-only step
 is skipped on the other ranks, and the runner holds every rank at a barrier after it when a later step
 runs on all ranks (training after data preparation, say), never when only rank-0 steps follow (nobody
-waits in a collective while rank 0 evaluates for an hour).
+waits in a collective while rank 0 evaluates for an hour). A step for every rank that has a fingerprint
+(mining) holds them at a barrier once each has read its stamp, so they all skip it or all run it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class StepRunner:
     def _run_one(self, step: Step, lead: bool) -> StepResult:
         fingerprint = step.fingerprint()
         stamp = self.done(step, fingerprint)
+        if fingerprint is not None and not step.rank0_only:
+            # every rank reads the stamp before rank 0 can write it, so all skip or all run (a rank that
+            # came late would see rank 0's new stamp, skip, and leave the others in a collective)
+            barrier()
         if stamp is not None:
             log.info(f"{step.name}: done before, with the same inputs (steps/{step.name}.json)")
             return StepResult(step.name, stamp["stats"], stamp["seconds"], reused=True)
