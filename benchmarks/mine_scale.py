@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conan_embed.data.records import write_records
+
 REPO = Path(__file__).resolve().parents[1]
 IMPORT_CHILD = """
 import json, resource, sys, time
@@ -93,16 +95,6 @@ def synthetic(passages: int, queries: int, seed: int = 0) -> tuple[list[str], li
     return out, qs
 
 
-def write_jsonl(path: Path, rows) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
 def step_import(args, work: Path, passages: list[str], queries: list[str]) -> dict:
     try:
         import conan_embed.data.importers  # noqa: F401
@@ -113,7 +105,7 @@ def step_import(args, work: Path, passages: list[str], queries: list[str]) -> di
     rng = random.Random(1)
     for n in sizes:
         source = work / f"import-{n}.jsonl"
-        write_jsonl(source, ({"query": queries[i % len(queries)], "pos": [passages[i % len(passages)]],
+        write_records(source, ({"query": queries[i % len(queries)], "pos": [passages[i % len(passages)]],
                               "neg": [passages[rng.randrange(len(passages))] for _ in range(7)]} for i in range(n)))
         done = subprocess.run([sys.executable, "-c", IMPORT_CHILD, str(source), str(work / f"imported-{n}")],
                               capture_output=True, text=True, cwd=REPO, check=True)
@@ -131,9 +123,9 @@ def step_import(args, work: Path, passages: list[str], queries: list[str]) -> di
 
 def mine_run(args, work: Path, passages: list[str], queries: list[str], n: int, nproc: int) -> tuple[dict, Path]:
     folder = work / f"encode-{n}-{nproc}"
-    write_jsonl(folder / "corpus.jsonl", ({"id": f"p{k}", "text": t} for k, t in enumerate(passages[:n])))
+    write_records(folder / "corpus.jsonl", ({"id": f"p{k}", "text": t} for k, t in enumerate(passages[:n])))
     nq = max(1, n // 4)
-    write_jsonl(folder / "queries.jsonl", ({"id": f"q{k}", "query": queries[k], "positives": [passages[k]],
+    write_records(folder / "queries.jsonl", ({"id": f"q{k}", "query": queries[k], "positives": [passages[k]],
                                             "positive_ids": [f"p{k}"]} for k in range(nq)))
     chunk = max(args.batch_size, args.encode_sample // 8)  # the same in every run: the sample splits into shards
     cmd = [sys.executable, "-m", "conan_embed", "-q", "mine", args.model, "--input", folder / "queries.jsonl",
@@ -269,7 +261,7 @@ def step_index(args, dim: int) -> dict:
 def step_io(args, work: Path, passages: list[str], queries: list[str]) -> dict:
     import hashlib
 
-    from conan_embed.data.records import read_corpus, write_records
+    from conan_embed.data.records import read_corpus
     from conan_embed.mining.candidate_pool import write_candidate_pool
     from conan_embed.mining.embedding_cache import save_npy
     from conan_embed.training.training_config import TaskConfig
@@ -278,7 +270,7 @@ def step_io(args, work: Path, passages: list[str], queries: list[str]) -> dict:
 
     C, Q, K = args.passages, args.queries, args.candidates
     data = work / "io"
-    write_jsonl(data / "corpus.jsonl", ({"id": f"p{k}", "text": t} for k, t in enumerate(passages[:C])))
+    write_records(data / "corpus.jsonl", ({"id": f"p{k}", "text": t} for k, t in enumerate(passages[:C])))
     rng = np.random.default_rng(2)
     matrix = rng.integers(1, C, size=(Q, K), dtype=np.int32)
     matrix.sort(axis=1)  # distinct within a row: drop repeats, pad with -1 at the end

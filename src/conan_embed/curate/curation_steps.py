@@ -110,6 +110,13 @@ class ShardStep(CurationStep):
     def run(self, payload) -> dict:
         raise NotImplementedError
 
+    def pass_on(self, shard: Shard, records: list[Record]) -> dict:
+        """The shard's rejected rows to `rejected/<shard>-<rejects>.*`, the rest on to this step's work file;
+        returns the marker's counts."""
+        self.work.write_rejected(shard, self.rejects, records)
+        self.work.write_rows(self.name, shard, records)
+        return {"kept": sum(r.reason is None for r in records), "reasons": reasons_of(records)}
+
     def announce(self, pending: list, executor_name: str) -> str | None:
         """A log line before the step runs, if it deserves one."""
         return None

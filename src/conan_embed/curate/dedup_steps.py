@@ -21,7 +21,7 @@ import numpy as np
 
 from conan_embed.curate import minhash
 from conan_embed.curate.curation_record import Record
-from conan_embed.curate.curation_steps import GlobalStep, ShardStep, WorkArea, reasons_of
+from conan_embed.curate.curation_steps import GlobalStep, ShardStep, WorkArea
 from conan_embed.curate.dedup import DedupStage
 from conan_embed.curate.io import Shard
 from conan_embed.data.records import read_records
@@ -214,9 +214,7 @@ class DedupFilter(ShardStep):
             if str(r.gid) in removed:
                 rule, ref = removed[str(r.gid)]
                 r.reject(f"dedup:{rule}", f"{self.dedup.config.key} is a duplicate of {ref}", duplicate_of=ref)
-        self.work.write_rejected(shard, self.rejects, records)
-        self.work.write_rows(self.name, shard, records)
-        return {"kept": sum(r.reason is None for r in records), "reasons": reasons_of(records)}
+        return self.pass_on(shard, records)
 
 
 def dedup_steps(work: WorkArea, dedup: DedupStage, source: str, timings: dict) -> list:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conan_embed.curate.curation_steps import ShardStep, WorkArea, reasons_of
+from conan_embed.curate.curation_steps import ShardStep, WorkArea
 from conan_embed.curate.io import Shard, read_shard
 
 
@@ -31,7 +31,5 @@ class FilterRows(ShardStep):
         records = read_shard(shard, self.fields)
         for stage in self.stages:
             records = stage.run(records)
-        self.work.write_rejected(shard, self.rejects, records)
-        self.work.write_rows(self.name, shard, records)
-        return {"rows": len(records), "kept": sum(r.reason is None for r in records), "reasons": reasons_of(records),
+        return {"rows": len(records), **self.pass_on(shard, records),
                 "counters": {st.name: dict(st.counters) for st in self.stages}}

@@ -8,7 +8,7 @@ import numpy as np
 
 from conan_embed.curate.curate_config import SampleConfig
 from conan_embed.curate.curation_record import Record
-from conan_embed.curate.curation_steps import GlobalStep, ShardStep, WorkArea, reasons_of
+from conan_embed.curate.curation_steps import GlobalStep, ShardStep, WorkArea
 from conan_embed.curate.io import Shard
 
 
@@ -49,9 +49,7 @@ class SampleRows(ShardStep):
     def run(self, job: tuple[Shard, int | None]) -> dict:
         shard, quota = job
         records = sample(self.work.read_rows(self.source, shard), quota, shard.index, self.config)
-        self.work.write_rejected(shard, self.rejects, records)
-        self.work.write_rows(self.name, shard, records)
-        return {"kept": sum(r.reason is None for r in records), "reasons": reasons_of(records)}
+        return self.pass_on(shard, records)
 
 
 def sample(records: list[Record], quota: int | None, shard_index: int, cfg: SampleConfig) -> list[Record]:

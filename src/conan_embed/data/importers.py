@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ from conan_embed.data.import_formats import (Rejected, Source, convert, flagembe
                                              raw_rows, raw_text)
 from conan_embed.data.records import read_corpus, read_records, write_records
 from conan_embed.errors import InputError
-from conan_embed.files import write_json
+from conan_embed.files import atomic_path, write_json
 from conan_embed.logs import get_logger
 
 log = get_logger("data")
@@ -247,17 +246,11 @@ def _write_chunk(folder: Path, batch: list, sources: list[Source], seen: set[str
 
 def _write_atomic(dest: Path, blocks: Iterable[bytes]) -> int:
     """Write byte blocks to `dest` through a temporary file renamed over it; returns the lines written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     lines = 0
-    try:
-        with open(tmp, "wb") as f:
-            for block in blocks:
-                f.write(block)
-                lines += block.count(b"\n")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        for block in blocks:
+            f.write(block)
+            lines += block.count(b"\n")
     return lines
 
 

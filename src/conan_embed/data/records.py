@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from conan_embed.errors import InputError
+from conan_embed.files import atomic_path
 
 # kind -> {field: (type check, required)}
 _TEXT, _TEXTS, _NUMBER, _IDS = "text", "texts", "number", "ids"
@@ -166,10 +167,8 @@ def write_records(path: str | os.PathLike, rows: Iterable[dict], kind: str | Non
     returns the row count. Values JSON can't hold (dates from Parquet inputs, ...) are written as text."""
     path = Path(path)
     fmt = _format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     rows = [validate_record(r, kind, path=path, row_number=i) if kind else r for i, r in enumerate(rows, 1)]
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -178,7 +177,4 @@ def write_records(path: str | os.PathLike, rows: Iterable[dict], kind: str | Non
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(rows)

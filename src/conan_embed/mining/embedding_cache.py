@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from conan_embed.files import write_json
+from conan_embed.files import atomic_path, write_json
 from conan_embed.logs import get_logger
 from conan_embed.mining.mining_config import MineConfig
 
@@ -144,21 +143,7 @@ class CachedEmbeddings:
         return np.concatenate([np.load(f) for f in self.chunks]), {"shards": shards, "filled_in": len(missing)}
 
 
-def embed_cached(model, texts: list[str], kind: str, config: MineConfig, *, model_key: str,
-                 show_progress: bool = True) -> tuple[np.ndarray, str]:
-    """Normalised float32 embeddings of `texts` in one process, from the cache where they are there;
-    returns (embeddings, cache key)."""
-    cache = CachedEmbeddings(model, texts, kind, config, model_key=model_key)
-    cache.encode(show_progress=show_progress)
-    return cache.gather()[0], cache.key
-
-
 def save_npy(path: Path, array: np.ndarray) -> None:
     """np.save, atomically: a reader (a resumed run, another process) sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)

@@ -3,7 +3,7 @@ step after the stage it names -> merge -> final model -> evaluation) run by `Ste
 
     <output_dir>/
       recipe.yaml           the recipe as run (after --set overrides)
-      steps/<step>.json     each finished step's stamp: fingerprint, stats, seconds (steps.py)
+      steps/<step>.json     each finished step's stamp: fingerprint, stats, seconds, output digests (steps.py)
       <stage>/              each stage's model, checkpoints, log.jsonl, loss.png, negatives.png (stage_training.py)
       merged/               the merge, when the recipe has one
       model/                the final model: a sentence-transformers folder, loadable without conan_embed

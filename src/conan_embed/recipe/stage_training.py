@@ -183,13 +183,6 @@ def data_digests(stage, data_dir) -> dict:
     return out
 
 
-def stage_fingerprint_of(recipe: Recipe, name: str) -> dict:
-    """What stage `name` trains from: its settings, the model's, the seed, its init model and its data."""
-    stage = recipe.stage(name)
-    return stage_fingerprint(stage, model=asdict(recipe.model), seed=recipe.seed, init=str(init_model_path(recipe, name)),
-                             data_dir=str(Path(recipe.data.dir).resolve()), data=data_digests(stage, recipe.data.dir))
-
-
 def _changes(diff: list[str], stage, recipe: Recipe) -> str:
     """The changed keys, with a changed data file named by its path."""
     named = []
@@ -267,7 +260,9 @@ def train_stage(recipe: Recipe, name: str, *, resume: bool = False, overwrite: b
     stage = recipe.stage(name)
     paths = stage_paths(recipe, name)
     init_path = init_model_path(recipe, name)
-    fingerprint = stage_fingerprint_of(recipe, name)
+    fingerprint = stage_fingerprint(stage, model=asdict(recipe.model), seed=recipe.seed, init=str(init_path),
+                                    data_dir=str(Path(recipe.data.dir).resolve()),
+                                    data=data_digests(stage, recipe.data.dir))
     summary = read_summary(paths)
     if summary is not None and resume and not overwrite:
         diff = changed_keys(summary.get("fingerprint", {}), fingerprint)
